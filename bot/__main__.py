@@ -1,0 +1,75 @@
+"""Command line: ``python -m bot serve | faq-eval | check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bot.config import Config, ConfigError, load_config
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"kefu-hub: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _logging(cfg: Config) -> None:
+    logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from bot.app import create_app
+
+    cfg = _load(args.config)
+    _logging(cfg)
+    app = create_app(cfg)
+    print(f"kefu-hub serving on http://{cfg.server.host}:{cfg.server.port}", flush=True)
+    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, shutdown_timeout=10)
+    return 0
+
+
+def cmd_faq_eval(args: argparse.Namespace) -> int:
+    from bot.faq import FaqIndex, load_eval_cases
+
+    cfg = _load(args.config)
+    index = FaqIndex.load(cfg.resolve_path(cfg.faq.path), cfg.faq.threshold)
+    result = index.evaluate(load_eval_cases(cfg.resolve_path(args.cases)))
+    print(f"FAQ entries: {len(index.entries)}; held-out cases: {result.total}")
+    print(f"top-1 accuracy: {result.accuracy:.1%} ({result.correct}/{result.total})")
+    print(f"out-of-scope refused: {result.refusal_rate:.1%} ({result.unknown_refused}/{result.unknown_total})")
+    for query, expect, got, score in result.misses:
+        print(f"  miss: {query!r} expected {expect} got {got} ({score:.2f})")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(cfg.model_dump_json(indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="kefu-hub customer-service bot hub")
+    parser.add_argument("--config", help="YAML config file (default: $BOT_CONFIG or config/default.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server with an in-process worker")
+    serve.set_defaults(func=cmd_serve)
+    faq = sub.add_parser("faq-eval", help="print FAQ top-1 accuracy on the held-out paraphrases")
+    faq.add_argument("--cases", default="config/faq_eval.yaml")
+    faq.set_defaults(func=cmd_faq_eval)
+    check = sub.add_parser("check-config", help="validate the configuration and print it resolved")
+    check.set_defaults(func=cmd_check_config)
+    for p in (serve, faq, check):
+        p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

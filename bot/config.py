@@ -1,0 +1,215 @@
+"""Typed configuration, loaded once at start and passed in (never a global).
+
+Sources, later wins: ``config/default.yaml`` (or ``--config`` / ``BOT_CONFIG``),
+then environment variables ``BOT__SECTION__KEY``. Secrets belong in the
+environment only. Any typo or wrong type raises :class:`ConfigError`, which the
+CLI turns into exit status 2 with the key path named.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
+ENV_PREFIX = "BOT__"
+
+
+class ConfigError(Exception):
+    """Raised for an unreadable, malformed or invalid configuration."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024, gt=0)
+    public_url: str = ""  # how customers reach us; used in widget snippets
+
+
+class StateConfig(_Section):
+    url: str = "memory://"  # memory:// or redis://host:port/db
+    key_prefix: str = "kefu"
+    idle_ttl_s: int = Field(1800, gt=0)  # a conversation idle this long restarts
+    dedup_ttl_s: int = Field(86400, ge=86400)  # platform retries seen for >= 24 h
+    history_turns: int = Field(20, gt=0)
+
+
+class HubConfig(_Section):
+    max_concurrent_turns: int = Field(64, gt=0)
+    engine_deadline_s: float = Field(20.0, gt=0)
+    turn_deadline_s: float = Field(60.0, gt=0)
+    max_pending: int = Field(10000, gt=0)  # accepted but not yet answered
+
+
+class ApiConfig(_Section):
+    keys: list[str] = []  # when set, /chat needs Authorization: Bearer <key>
+
+
+class FaqConfig(_Section):
+    path: str = "config/faq.yaml"
+    threshold: float = Field(0.3, ge=0, le=1)
+
+
+class OpenAIConfig(_Section):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: str = ""
+    model: str = ""
+    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+
+class EngineConfig(_Section):
+    kind: Literal["faq", "hf", "openai"] = "faq"
+    model_path: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    quantization: Literal["none", "int8", "nf4"] = "none"
+    adapters: dict[str, str] = {}
+    system_prompt: str = "你是一名专业、礼貌的客服助手。请用简洁的语言回答用户问题；不确定时请如实说明并建议转人工。"
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    stop: list[str] = []
+    batch_window_ms: float = Field(10.0, ge=0)
+    max_batch_size: int = Field(16, gt=0)
+    queue_max: int = Field(256, gt=0)
+    context_tokens: int = Field(2048, gt=0)
+    openai: OpenAIConfig = OpenAIConfig()
+
+
+class WebConfig(_Section):
+    enabled: bool = True
+    allowed_origins: list[str] = []  # empty: same origin only
+    session_secret: str = ""  # set BOT__WEB__SESSION_SECRET in production
+    token_ttl_s: int = Field(86400, gt=0)
+    rate_per_session_per_min: int = Field(30, gt=0)
+    rate_per_ip_per_min: int = Field(120, gt=0)
+
+
+class WecomConfig(_Section):
+    corp_id: str = ""
+    token: str = ""
+    aes_key: str = ""
+    secret: str = ""
+    agent_id: int = 0
+    api_base: str = "https://qyapi.weixin.qq.com"
+    robot_key: str = ""
+
+
+class DingtalkConfig(_Section):
+    mode: Literal["http", "stream"] = "http"
+    app_key: str = ""
+    app_secret: str = ""
+    robot_code: str = ""
+    api_base: str = "https://api.dingtalk.com"
+    webhook_hosts: list[str] = ["oapi.dingtalk.com", "api.dingtalk.com"]
+    card_template_id: str = ""
+
+
+class DialogueConfig(_Section):
+    path: str = "config/dialogue.yaml"
+
+
+class AdminConfig(_Section):
+    token: str = ""  # the admin API is off while this is empty
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    state: StateConfig = StateConfig()
+    hub: HubConfig = HubConfig()
+    api: ApiConfig = ApiConfig()
+    faq: FaqConfig = FaqConfig()
+    engine: EngineConfig = EngineConfig()
+    web: WebConfig = WebConfig()
+    wecom: WecomConfig = WecomConfig()
+    dingtalk: DingtalkConfig = DingtalkConfig()
+    dialogue: DialogueConfig = DialogueConfig()
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def resolve_path(self, path: str) -> Path:
+        """Relative data paths are relative to the project root, not the cwd."""
+        p = Path(path)
+        return p if p.is_absolute() else ROOT / p
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another BOT__ variable")
+        node[parts[-1]] = _parse_scalar(raw)
+    return tree
+
+
+def _parse_scalar(raw: str) -> Any:
+    """YAML-parse env values so ``9000`` is an int and ``[a, b]`` a list."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if value is None and raw.strip() else value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  {path}: {msg}; got {e.get('input')!r}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("BOT_CONFIG") or DEFAULT_CONFIG
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    data = _merge(data, _env_overrides(environ))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,146 @@
+"""FAQ retrieval: the embedded answerer and the fallback when the model is down.
+
+Each entry is indexed by its question and every paraphrase. A query is scored
+against all of them with two TF-IDF views, character 1-3 grams (robust to
+Chinese word-segmentation mistakes and typos) and jieba words (precise on
+multi-character terms such as 发票 or 退款), and an entry scores its best
+phrasing. Below ``threshold`` the FAQ does not claim to know.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jieba
+import numpy as np
+import yaml
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from bot.text import normalize
+
+jieba.setLogLevel(logging.WARNING)
+
+_CHAR_WEIGHT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class FaqEntry:
+    id: str
+    category: str
+    question: str
+    answer: str
+    paraphrases: tuple[str, ...] = ()
+    lang: str = "zh"
+
+
+@dataclass(frozen=True, slots=True)
+class FaqHit:
+    entry: FaqEntry
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class EvalCase:
+    query: str
+    expect: str | None  # None: no entry should answer
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    total: int
+    correct: int
+    misses: tuple[tuple[str, str | None, str | None, float], ...]  # query, expected, got, score
+    unknown_total: int
+    unknown_refused: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    @property
+    def refusal_rate(self) -> float:
+        return self.unknown_refused / self.unknown_total if self.unknown_total else 1.0
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in jieba.lcut_for_search(normalize(text)) if w.strip()]
+
+
+class FaqIndex:
+    def __init__(self, entries: Sequence[FaqEntry], threshold: float) -> None:
+        if not entries:
+            raise ValueError("the FAQ has no entries")
+        self.entries = tuple(entries)
+        self.threshold = threshold
+        self.by_id = {e.id: e for e in self.entries}
+        texts: list[str] = []
+        self._owner: list[int] = []
+        for i, e in enumerate(self.entries):
+            for phrasing in (e.question, *e.paraphrases):
+                texts.append(phrasing)
+                self._owner.append(i)
+        self._owner_arr = np.asarray(self._owner)
+        self._char = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), preprocessor=normalize, sublinear_tf=True)
+        self._word = TfidfVectorizer(analyzer=_words, sublinear_tf=True)
+        self._char_m = self._char.fit_transform(texts)
+        self._word_m = self._word.fit_transform(texts)
+
+    @classmethod
+    def load(cls, path: str | Path, threshold: float) -> FaqIndex:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        entries = [
+            FaqEntry(
+                id=str(e["id"]),
+                category=str(e.get("category", "general")),
+                question=str(e["question"]),
+                answer=str(e["answer"]).strip(),
+                paraphrases=tuple(str(p) for p in e.get("paraphrases") or ()),
+                lang=str(e.get("lang", "zh")),
+            )
+            for e in data.get("entries") or ()
+        ]
+        return cls(entries, threshold)
+
+    def search(self, query: str, k: int = 3) -> list[FaqHit]:
+        if not normalize(query):
+            return []
+        char = (self._char_m @ self._char.transform([query]).T).toarray().ravel()
+        word = (self._word_m @ self._word.transform([query]).T).toarray().ravel()
+        scores = _CHAR_WEIGHT * char + (1 - _CHAR_WEIGHT) * word
+        best = np.zeros(len(self.entries))
+        np.maximum.at(best, self._owner_arr, scores)
+        order = np.argsort(-best)[:k]
+        return [FaqHit(self.entries[i], float(best[i])) for i in order if best[i] > 0]
+
+    def best(self, query: str) -> FaqHit | None:
+        """The top entry when it clears the confidence threshold."""
+        hits = self.search(query, k=1)
+        return hits[0] if hits and hits[0].score >= self.threshold else None
+
+    def evaluate(self, cases: Sequence[EvalCase]) -> EvalResult:
+        correct = 0
+        refused = 0
+        misses = []
+        known = [c for c in cases if c.expect is not None]
+        unknown = [c for c in cases if c.expect is None]
+        for case in known:
+            hit = self.best(case.query)
+            if hit is not None and hit.entry.id == case.expect:
+                correct += 1
+            else:
+                top = self.search(case.query, k=1)
+                misses.append((case.query, case.expect, top[0].entry.id if top else None, top[0].score if top else 0.0))
+        for case in unknown:
+            if self.best(case.query) is None:
+                refused += 1
+        return EvalResult(len(known), correct, tuple(misses), len(unknown), refused)
+
+
+def load_eval_cases(path: str | Path) -> list[EvalCase]:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    cases = [EvalCase(str(c["query"]), str(c["expect"])) for c in data.get("cases") or ()]
+    cases += [EvalCase(str(q), None) for q in data.get("unknown") or ()]
+    return cases

@@ -1,0 +1,107 @@
+"""HTTP plumbing shared by every route: JSON errors, body limits, metrics.
+
+Every error leaves as ``{"error": code, "message": text}`` with the right
+status and is counted; no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from bot.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+
+class HttpError(web.HTTPException):
+    """An HTTP error with a JSON body; raise it from any handler."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status
+        super().__init__(
+            text=json.dumps({"error": code, "message": message}, ensure_ascii=False),
+            content_type="application/json",
+            headers=headers,
+        )
+        self.code = code
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes with 413 before
+    buffering it all (the declared length is checked first, then the stream)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise HttpError(413, "body_too_large", f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "body_too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    body = await read_body(request, limit)
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HttpError(400, "invalid_json", f"body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "invalid_json", "body must be a JSON object")
+    return data
+
+
+def bearer_token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+            413: "body_too_large", 429: "rate_limited", 503: "unavailable"}
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    metrics = request.app[METRICS_KEY]
+    route = _route_name(request)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except HttpError as exc:
+        metrics.http_errors.labels(route, str(exc.status), exc.code).inc()
+        response = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = _REASONS.get(exc.status, "http_error")
+        metrics.http_errors.labels(route, str(exc.status), reason).inc()
+        response = HttpError(exc.status, reason, exc.reason or reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        metrics.http_errors.labels(route, "500", "internal").inc()
+        response = HttpError(500, "internal", "internal error; it has been logged")
+    metrics.http_requests.labels(route, str(response.status)).inc()
+    metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+    return response

@@ -1,0 +1,39 @@
+"""Service metrics (QPS, latency percentiles, error rate) in Prometheus form.
+
+One registry per app instance rather than the library's global one, so tests
+and several apps in one process never share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter("kefu_http_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.http_latency = Histogram(
+            "kefu_http_latency_seconds", "HTTP handler latency", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.http_errors = Counter("kefu_http_errors", "HTTP error answers", ["route", "status", "reason"], registry=r)
+        self.events_accepted = Counter("kefu_events_accepted", "Events accepted", ["channel"], registry=r)
+        self.events_duplicate = Counter(
+            "kefu_events_duplicate", "Platform redeliveries dropped", ["channel"], registry=r
+        )
+        self.events_rejected = Counter("kefu_events_rejected", "Events refused (overload)", ["channel"], registry=r)
+        self.turns = Counter("kefu_turns", "Turns finished", ["channel", "outcome"], registry=r)
+        self.turn_latency = Histogram(
+            "kefu_turn_latency_seconds", "Accept-to-reply latency", ["channel"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.answers = Counter("kefu_answers", "Answers by source", ["source"], registry=r)
+        self.engine_fallbacks = Counter("kefu_engine_fallbacks", "Engine calls that fell back", ["reason"], registry=r)
+        self.state_conflicts = Counter("kefu_state_conflicts", "Compare-and-set conflicts retried", registry=r)
+        self.send_errors = Counter("kefu_send_errors", "Replies a channel failed to send", ["channel"], registry=r)
+        self.pending = Gauge("kefu_pending_events", "Accepted events not yet answered", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

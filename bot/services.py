@@ -1,0 +1,72 @@
+"""Everything a running hub holds, built once from the config and passed in."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from bot.answer import Answerer
+from bot.config import Config
+from bot.faq import FaqIndex
+from bot.hub import Hub
+from bot.metrics import Metrics
+from bot.state import StateStore, open_store
+from bot.state.keys import Keys
+from bot.state.kv import MemoryKV, RedisKV, SharedKV
+from bot.turn import TurnHandler
+from engine.base import Engine, EngineError
+from engine.factory import open_engine
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.keys = Keys(config.state.key_prefix)
+        self.store: StateStore = open_store(config.state)
+        client = getattr(self.store, "client", None)
+        self.redis = client  # the shared redis.asyncio client when state lives in Redis
+        self.kv: SharedKV = RedisKV(client) if client is not None else MemoryKV()
+        self.faq = FaqIndex.load(config.resolve_path(config.faq.path), config.faq.threshold)
+        self.engine: Engine | None = open_engine(config.engine)
+        self.answerer = Answerer(
+            self.faq,
+            self.engine,
+            system_prompt=config.engine.system_prompt,
+            deadline_s=config.hub.engine_deadline_s,
+            metrics=self.metrics,
+        )
+        self.hub = Hub(config.hub, self.store, self._handler(), self.metrics)
+        self._http: aiohttp.ClientSession | None = None
+
+    def _handler(self) -> TurnHandler:
+        from bot.responder import SimpleResponder
+
+        return SimpleResponder(self.answerer, self.config.state.history_turns)
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """Outbound HTTP for every channel (never a blocking client on the loop)."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self._http
+
+    async def start(self) -> None:
+        if self.engine is not None:
+            try:
+                await self.engine.start()
+            except EngineError as exc:
+                log.error("engine %s failed to start (%s); answering from the FAQ until it is fixed",
+                          self.engine.name, exc)
+                self.metrics.engine_fallbacks.labels("load").inc()
+
+    async def close(self) -> None:
+        await self.hub.close()
+        if self.engine is not None:
+            await self.engine.close()
+        if self._http is not None:
+            await self._http.close()
+        await self.store.close()

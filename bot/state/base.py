@@ -1,0 +1,100 @@
+"""Dialogue state and the store protocol every backend must satisfy.
+
+Saves are compare-and-set on ``version`` so two turns racing on one
+conversation (two gateway processes, say) can never lose an update: the loser
+gets :class:`VersionConflict`, reloads and runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+class VersionConflict(Exception):
+    """Someone else saved this conversation since it was loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryTurn:
+    role: str  # user | assistant | agent | system
+    text: str
+    ts: float = 0.0
+    meta: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class DialogueState:
+    key: str
+    version: int = 0  # 0: never saved
+    node: str | None = None
+    slots: Mapping[str, Any] = field(default_factory=_empty)
+    history: tuple[HistoryTurn, ...] = ()
+    handed_off: bool = False
+    updated_at: float = 0.0
+    data: Mapping[str, Any] = field(default_factory=_empty)  # counters and flags owned by the dialogue layer
+
+    def replace(self, **changes: Any) -> DialogueState:
+        return dataclasses.replace(self, **changes)
+
+    def with_turn(self, role: str, text: str, limit: int, **meta: Any) -> DialogueState:
+        turn = HistoryTurn(role=role, text=text, ts=time.time(), meta=MappingProxyType(dict(meta)))
+        return self.replace(history=(*self.history, turn)[-limit:])
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "node": self.node,
+                "slots": dict(self.slots),
+                "history": [[t.role, t.text, t.ts, dict(t.meta)] for t in self.history],
+                "handed_off": self.handed_off,
+                "updated_at": self.updated_at,
+                "data": dict(self.data),
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, key: str, version: int, raw: str) -> DialogueState:
+        d = json.loads(raw)
+        return cls(
+            key=key,
+            version=version,
+            node=d.get("node"),
+            slots=MappingProxyType(d.get("slots") or {}),
+            history=tuple(HistoryTurn(r, t, ts, MappingProxyType(m)) for r, t, ts, m in d.get("history") or ()),
+            handed_off=bool(d.get("handed_off")),
+            updated_at=float(d.get("updated_at") or 0.0),
+            data=MappingProxyType(d.get("data") or {}),
+        )
+
+
+class StateStore(Protocol):
+    async def load(self, key: str) -> DialogueState:
+        """The saved state, or a fresh version-0 state when none (or expired)."""
+
+    async def save(self, state: DialogueState, *, expected_version: int) -> DialogueState:
+        """Store ``state`` if the stored version still equals ``expected_version``.
+
+        Returns the state with its new version; refreshes the idle TTL.
+        Raises :class:`VersionConflict` otherwise.
+        """
+
+    async def delete(self, key: str) -> None: ...
+
+    async def first_seen(self, dedup_key: str) -> bool:
+        """Record a platform message id; False when it was already seen."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+

@@ -1,0 +1,18 @@
+"""Choose the store from ``state.url``."""
+
+from __future__ import annotations
+
+from bot.config import StateConfig
+from bot.state.base import StateStore
+from bot.state.keys import Keys
+from bot.state.memory import MemoryStore
+
+
+def open_store(cfg: StateConfig) -> StateStore:
+    if cfg.url.startswith("memory://"):
+        return MemoryStore(cfg.idle_ttl_s, cfg.dedup_ttl_s)
+    if cfg.url.startswith(("redis://", "rediss://", "unix://")):
+        from bot.state.redis import RedisStore
+
+        return RedisStore.from_url(cfg.url, Keys(cfg.key_prefix), cfg.idle_ttl_s, cfg.dedup_ttl_s)
+    raise ValueError(f"state.url: expected memory:// or redis://..., got {cfg.url!r}")

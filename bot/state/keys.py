@@ -1,0 +1,35 @@
+"""Every Redis key name is built here, so a prefix change or an audit of what
+we store about a user (right to erasure) has one place to look."""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip(":")
+
+    def state(self, conversation_key: str) -> str:
+        return f"{self.prefix}:state:{{{conversation_key}}}"
+
+    def dedup(self, dedup_key: str) -> str:
+        return f"{self.prefix}:seen:{dedup_key}"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    def token(self, name: str) -> str:
+        """Platform access tokens shared by every process (WeCom, DingTalk)."""
+        return f"{self.prefix}:token:{name}"
+
+    def rate(self, name: str) -> str:
+        return f"{self.prefix}:rate:{name}"
+
+    def feedback(self, conversation_key: str) -> str:
+        return f"{self.prefix}:feedback:{{{conversation_key}}}"
+
+    def feedback_stream(self) -> str:
+        return f"{self.prefix}:feedback"
+
+    def user_index(self, channel: str, user_id: str) -> str:
+        """Set of keys holding data about one user, for erasure."""
+        return f"{self.prefix}:user:{channel}:{user_id}"

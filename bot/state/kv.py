@@ -1,0 +1,82 @@
+"""Small shared key-value operations for adapters: cached platform tokens, one
+refresher at a time, and sliding-window rate counters. Redis when the state is
+in Redis (so every process shares them), a dict otherwise."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+
+class SharedKV(Protocol):
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str, ttl_s: float) -> None: ...
+
+    async def set_nx(self, key: str, value: str, ttl_s: float) -> bool:
+        """Set only when absent; the building block of single-flight locks."""
+
+    async def delete(self, key: str) -> None: ...
+
+    async def hit(self, key: str, window_s: float) -> int:
+        """Count one hit in a fixed window and return the count so far."""
+
+
+class MemoryKV:
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[float, str]] = {}
+
+    def _live(self, key: str) -> str | None:
+        item = self._data.get(key)
+        if item is None or item[0] <= time.monotonic():
+            self._data.pop(key, None)
+            return None
+        return item[1]
+
+    async def get(self, key: str) -> str | None:
+        return self._live(key)
+
+    async def set(self, key: str, value: str, ttl_s: float) -> None:
+        self._data[key] = (time.monotonic() + ttl_s, value)
+
+    async def set_nx(self, key: str, value: str, ttl_s: float) -> bool:
+        if self._live(key) is not None:
+            return False
+        await self.set(key, value, ttl_s)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def hit(self, key: str, window_s: float) -> int:
+        current = self._live(key)
+        count = int(current or 0) + 1
+        expires = self._data[key][0] if current is not None else time.monotonic() + window_s
+        self._data[key] = (expires, str(count))
+        return count
+
+
+class RedisKV:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def get(self, key: str) -> str | None:
+        return await self.client.get(key)
+
+    async def set(self, key: str, value: str, ttl_s: float) -> None:
+        await self.client.set(key, value, px=max(1, int(ttl_s * 1000)))
+
+    async def set_nx(self, key: str, value: str, ttl_s: float) -> bool:
+        return bool(await self.client.set(key, value, nx=True, px=max(1, int(ttl_s * 1000))))
+
+    async def delete(self, key: str) -> None:
+        await self.client.delete(key)
+
+    async def hit(self, key: str, window_s: float) -> int:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.pexpire(key, max(1, int(window_s * 1000)), nx=True)
+            count, _ = await pipe.execute()
+        return int(count)

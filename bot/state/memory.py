@@ -1,0 +1,54 @@
+"""In-process store: the embedded default for ``make run`` and single-process use."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from bot.state.base import DialogueState, VersionConflict
+
+
+class MemoryStore:
+    def __init__(self, idle_ttl_s: float, dedup_ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._idle_ttl = idle_ttl_s
+        self._dedup_ttl = dedup_ttl_s
+        self._clock = clock
+        self._states: dict[str, tuple[float, int, str]] = {}  # key -> (expires, version, json)
+        self._seen: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    async def load(self, key: str) -> DialogueState:
+        entry = self._states.get(key)
+        if entry is None or entry[0] <= self._clock():
+            self._states.pop(key, None)
+            return DialogueState(key=key)
+        return DialogueState.from_json(key, entry[1], entry[2])
+
+    async def save(self, state: DialogueState, *, expected_version: int) -> DialogueState:
+        async with self._lock:
+            entry = self._states.get(state.key)
+            current = entry[1] if entry is not None and entry[0] > self._clock() else 0
+            if current != expected_version:
+                raise VersionConflict(state.key)
+            saved = state.replace(version=expected_version + 1, updated_at=time.time())
+            self._states[state.key] = (self._clock() + self._idle_ttl, saved.version, saved.to_json())
+            return saved
+
+    async def delete(self, key: str) -> None:
+        self._states.pop(key, None)
+
+    async def first_seen(self, dedup_key: str) -> bool:
+        now = self._clock()
+        if len(self._seen) > 100_000:  # bounded: drop expired ids
+            self._seen = {k: t for k, t in self._seen.items() if t > now}
+        if self._seen.get(dedup_key, 0.0) > now:
+            return False
+        self._seen[dedup_key] = now + self._dedup_ttl
+        return True
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Answer generation: local transformers models, remote OpenAI-compatible servers."""
