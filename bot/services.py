@@ -11,6 +11,7 @@ from bot.config import Config
 from bot.faq import FaqIndex
 from bot.hub import Hub
 from bot.metrics import Metrics
+from bot.notify import Notifier
 from bot.state import StateStore, open_store
 from bot.state.keys import Keys
 from bot.state.kv import MemoryKV, RedisKV, SharedKV
@@ -40,6 +41,7 @@ class Services:
             metrics=self.metrics,
         )
         self.hub = Hub(config.hub, self.store, self._handler(), self.metrics)
+        self.notifiers: list[Notifier] = []  # filled by channels that can reach the team
         self._http: aiohttp.ClientSession | None = None
 
     def _handler(self) -> TurnHandler:
