@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from bot.http import HttpError, bearer_token, json_response, read_json_object
-from bot.hub import Overloaded
+from bot.hub import Overloaded, StoreUnavailable
 from bot.services import Services
 from bot.types import ConversationRef, Event, EventKind, Reply
 
@@ -72,6 +72,8 @@ class ApiAdapter:
         try:
             try:
                 await self.services.hub.accept(event)
+            except StoreUnavailable:
+                raise HttpError(503, "unavailable", "the conversation store is unreachable; retry shortly") from None
             except Overloaded:
                 raise HttpError(503, "overloaded", "too many requests in flight; retry shortly") from None
             try:

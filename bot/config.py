@@ -9,12 +9,13 @@ CLI turns into exit status 2 with the key path named.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
@@ -57,7 +58,7 @@ class ApiConfig(_Section):
 
 class FaqConfig(_Section):
     path: str = "config/faq.yaml"
-    threshold: float = Field(0.3, ge=0, le=1)
+    threshold: float = Field(0.35, ge=0, le=1)
 
 
 class OpenAIConfig(_Section):
@@ -96,6 +97,16 @@ class WebConfig(_Section):
     rate_per_ip_per_min: int = Field(120, gt=0)
 
 
+class WecomAppConfig(_Section):
+    """One more WeCom self-built app in the same deployment, served at ``/wecom/{name}/callback``."""
+
+    corp_id: str = ""  # empty: wecom.corp_id
+    token: str = ""
+    aes_key: str = ""
+    secret: str = ""
+    agent_id: int = 0
+
+
 class WecomConfig(_Section):
     corp_id: str = ""
     token: str = ""
@@ -104,6 +115,25 @@ class WecomConfig(_Section):
     agent_id: int = 0
     api_base: str = "https://qyapi.weixin.qq.com"
     robot_key: str = ""
+    apps: dict[str, WecomAppConfig] = {}
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+    replay_window_s: int = Field(3600, ge=0)  # 0: no timestamp check
+    user_rate_per_min: int = Field(30, gt=0)
+    robot_rate_per_min: int = Field(20, gt=0)
+    send_retries: int = Field(3, ge=0)
+    retry_backoff_s: float = Field(1.0, ge=0)
+    aibot_token: str = ""
+    aibot_aes_key: str = ""
+    aibot_stream_ttl_s: int = Field(600, gt=0)
+    aibot_event_wait_s: float = Field(3.0, ge=0, lt=5)
+
+    @field_validator("apps")
+    @classmethod
+    def _app_names(cls, apps: dict[str, WecomAppConfig]) -> dict[str, WecomAppConfig]:
+        for name in apps:
+            if not re.fullmatch(r"[a-z0-9_-]{1,32}", name) or name == "aibot":
+                raise ValueError(f"app name {name!r} must be 1-32 of a-z 0-9 _ - and not 'aibot'")
+        return apps
 
 
 class DingtalkConfig(_Section):
@@ -114,6 +144,11 @@ class DingtalkConfig(_Section):
     api_base: str = "https://api.dingtalk.com"
     webhook_hosts: list[str] = ["oapi.dingtalk.com", "api.dingtalk.com"]
     card_template_id: str = ""
+    card_content_key: str = "content"  # the template variable the streamed answer fills
+    card_update_interval_s: float = Field(0.5, ge=0)  # at most one card update per interval while streaming
+    send_rate_per_min: int = Field(20, gt=0)  # DingTalk throttles a robot past 20 messages a minute
+    stream_backoff_s: float = Field(1.0, gt=0)  # first Stream-mode reconnect delay, doubled per failure
+    stream_backoff_max_s: float = Field(60.0, gt=0)
 
 
 class DialogueConfig(_Section):

@@ -10,6 +10,7 @@ phrasing. Below ``threshold`` the FAQ does not claim to know.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,13 @@ from bot.text import normalize
 
 jieba.setLogLevel(logging.WARNING)
 
-_CHAR_WEIGHT = 0.5
+_CHAR_WEIGHT = 0.7
+# Function words that make unrelated questions look alike ("…是什么", "怎么…").
+_STOPWORDS = frozenset(
+    "的 了 吗 呢 吧 啊 呀 么 我 你 您 他 她 它 我们 你们 是 在 有 和 与 怎么 怎样 如何 什么 为什么 "
+    "哪 哪里 哪个 可以 能 能不能 可不可以 请问 一下 一个 这个 那个 还 就 都 也 要 想 会 给 把 被 让 "
+    "a an the is are do does i you my me to of for how what can".split()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +72,21 @@ class EvalResult:
         return self.unknown_refused / self.unknown_total if self.unknown_total else 1.0
 
 
+_FUNCTION_CHARS = re.compile(
+    "什么|怎么|怎样|如何|为什么|可以|能不能|可不可以|请问|一下|你们|我们|吗|呢|吧|啊|呀|的|了|么|是|我|你|您"
+)
+
+
+def _content(text: str) -> str:
+    """Normalized text without function words, for the character view. Falls
+    back to the whole text when almost nothing would be left ("你们是做什么的")."""
+    norm = normalize(text)
+    stripped = " ".join(_FUNCTION_CHARS.sub(" ", norm).split())
+    return stripped if len(stripped.replace(" ", "")) >= 2 else norm
+
+
 def _words(text: str) -> list[str]:
-    return [w for w in jieba.lcut_for_search(normalize(text)) if w.strip()]
+    return [w for w in jieba.lcut_for_search(normalize(text)) if w.strip() and w not in _STOPWORDS]
 
 
 class FaqIndex:
@@ -83,7 +103,7 @@ class FaqIndex:
                 texts.append(phrasing)
                 self._owner.append(i)
         self._owner_arr = np.asarray(self._owner)
-        self._char = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), preprocessor=normalize, sublinear_tf=True)
+        self._char = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), preprocessor=_content, sublinear_tf=True)
         self._word = TfidfVectorizer(analyzer=_words, sublinear_tf=True)
         self._char_m = self._char.fit_transform(texts)
         self._word_m = self._word.fit_transform(texts)
@@ -132,7 +152,8 @@ class FaqIndex:
                 correct += 1
             else:
                 top = self.search(case.query, k=1)
-                misses.append((case.query, case.expect, top[0].entry.id if top else None, top[0].score if top else 0.0))
+                got = (top[0].entry.id, top[0].score) if top else (None, 0.0)
+                misses.append((case.query, case.expect, *got))
         for case in unknown:
             if self.best(case.query) is None:
                 refused += 1

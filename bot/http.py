@@ -21,17 +21,20 @@ log = logging.getLogger(__name__)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 
 
-class HttpError(web.HTTPException):
+class HttpError(Exception):
     """An HTTP error with a JSON body; raise it from any handler."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        self.status_code = status
-        super().__init__(
-            text=json.dumps({"error": code, "message": message}, ensure_ascii=False),
-            content_type="application/json",
-            headers=headers,
-        )
+        super().__init__(message)
+        self.status = status
         self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        resp = json_response({"error": self.code, "message": self.message}, status=self.status)
+        resp.headers.update(self.headers)
+        return resp
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -91,17 +94,18 @@ async def error_middleware(
         response = await handler(request)
     except HttpError as exc:
         metrics.http_errors.labels(route, str(exc.status), exc.code).inc()
-        response = exc
+        response = exc.response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         reason = _REASONS.get(exc.status, "http_error")
         metrics.http_errors.labels(route, str(exc.status), reason).inc()
-        response = HttpError(exc.status, reason, exc.reason or reason)
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
+        response = HttpError(exc.status, reason, exc.reason or reason, keep).response()
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         metrics.http_errors.labels(route, "500", "internal").inc()
-        response = HttpError(500, "internal", "internal error; it has been logged")
+        response = HttpError(500, "internal", "internal error; it has been logged").response()
     metrics.http_requests.labels(route, str(response.status)).inc()
     metrics.http_latency.labels(route).observe(time.perf_counter() - started)
     return response

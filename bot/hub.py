@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -26,11 +27,15 @@ from bot.types import Event, Reply, ReplyChunk
 
 log = logging.getLogger(__name__)
 
-_CAS_ATTEMPTS = 5
+_CAS_ATTEMPTS = 12  # with jittered backoff; contention needs two processes on one conversation
 
 
 class Overloaded(Exception):
-    """Too many accepted-but-unanswered events; the platform should retry later."""
+    """The event was not taken; the platform should retry later (nothing is lost)."""
+
+
+class StoreUnavailable(Overloaded):
+    """The state store cannot record the event, so it cannot be taken safely."""
 
 
 class ReplySink(Protocol):
@@ -72,7 +77,13 @@ class Hub:
         if self._pending >= self.cfg.max_pending:
             self.metrics.events_rejected.labels(channel).inc()
             raise Overloaded(f"{self._pending} events pending")
-        if not await self.store.first_seen(event.dedup_key):
+        try:
+            first = await self.store.first_seen(event.dedup_key)
+        except Exception as exc:
+            self.metrics.events_rejected.labels(channel).inc()
+            log.error("state store unavailable, %s event %s refused for a retry: %s", channel, event.id, exc)
+            raise StoreUnavailable(str(exc)) from exc
+        if not first:
             self.metrics.events_duplicate.labels(channel).inc()
             log.info("duplicate %s event %s dropped", channel, event.id)
             return False
@@ -136,7 +147,7 @@ class Hub:
         self.metrics.turn_latency.labels(channel).observe(max(0.0, time.time() - event.received_at))
 
     async def _turn_with_retries(self, event: Event, stream) -> tuple[Reply, ...]:
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
             state = await self.store.load(event.ref.key)
             result: TurnResult = await self.handler.handle(event, state, stream)
             try:
@@ -145,6 +156,7 @@ class Hub:
             except VersionConflict:
                 self.metrics.state_conflicts.inc()
                 log.info("state of %s changed under turn %s; running it again", event.ref.key, event.id)
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise RuntimeError(f"could not save state of {event.ref.key} after {_CAS_ATTEMPTS} attempts")
 
     @staticmethod

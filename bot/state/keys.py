@@ -24,6 +24,14 @@ class Keys:
     def rate(self, name: str) -> str:
         return f"{self.prefix}:rate:{name}"
 
+    def wecom_stream(self, stream_id: str) -> str:
+        """A WeCom AI-bot answer so far, read by the platform's stream refresh callbacks."""
+        return f"{self.prefix}:wecom:stream:{stream_id}"
+
+    def wecom_response_url(self, conversation_key: str) -> str:
+        """The latest one-shot WeCom AI-bot response_url of a conversation, for proactive replies."""
+        return f"{self.prefix}:wecom:response_url:{{{conversation_key}}}"
+
     def feedback(self, conversation_key: str) -> str:
         return f"{self.prefix}:feedback:{{{conversation_key}}}"
 

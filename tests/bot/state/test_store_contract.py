@@ -1,0 +1,110 @@
+"""One contract, every store: the in-memory store and Redis (for real)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.state import DialogueState, StateStore, VersionConflict
+from bot.state.keys import Keys
+from bot.state.memory import MemoryStore
+from bot.state.redis import RedisStore
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_url: str, key_prefix: str) -> AsyncIterator[StateStore]:
+    if request.param == "memory":
+        yield MemoryStore(idle_ttl_s=60, dedup_ttl_s=86400)
+        return
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield RedisStore(client, Keys(key_prefix), idle_ttl_s=60, dedup_ttl_s=86400)
+    keys = [k async for k in client.scan_iter(match=f"{key_prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_missing_conversation_loads_fresh(store: StateStore) -> None:
+    state = await store.load("web::u1")
+    assert state == DialogueState(key="web::u1")
+    assert state.version == 0
+
+
+async def test_save_then_load_round_trips_chinese(store: StateStore) -> None:
+    state = (await store.load("wecom:corp:张三")).replace(node="collect_order", slots={"order_id": "DD2024"})
+    state = state.with_turn("user", "我要退款", limit=10).with_turn("assistant", "请提供订单号", limit=10)
+    saved = await store.save(state, expected_version=0)
+    assert saved.version == 1
+    loaded = await store.load("wecom:corp:张三")
+    assert loaded.version == 1
+    assert loaded.node == "collect_order"
+    assert dict(loaded.slots) == {"order_id": "DD2024"}
+    assert [(t.role, t.text) for t in loaded.history] == [("user", "我要退款"), ("assistant", "请提供订单号")]
+
+
+async def test_stale_version_is_refused(store: StateStore) -> None:
+    first = await store.load("k")
+    await store.save(first.replace(node="a"), expected_version=first.version)
+    with pytest.raises(VersionConflict):
+        await store.save(first.replace(node="b"), expected_version=first.version)
+    assert (await store.load("k")).node == "a"
+
+
+async def test_concurrent_increments_lose_no_update(store: StateStore) -> None:
+    async def increment() -> None:
+        while True:
+            state = await store.load("counter")
+            try:
+                await store.save(state.replace(data={"n": state.data.get("n", 0) + 1}), expected_version=state.version)
+                return
+            except VersionConflict:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(increment() for _ in range(25)))
+    final = await store.load("counter")
+    assert final.data["n"] == 25
+    assert final.version == 25
+
+
+async def test_delete_forgets_everything(store: StateStore) -> None:
+    await store.save((await store.load("k")).replace(node="x"), expected_version=0)
+    await store.delete("k")
+    assert (await store.load("k")).version == 0
+
+
+async def test_first_seen_deduplicates(store: StateStore) -> None:
+    assert await store.first_seen("wecom:corp:msg-1") is True
+    assert await store.first_seen("wecom:corp:msg-1") is False
+    assert await store.first_seen("wecom:corp:msg-2") is True
+
+
+async def test_ping(store: StateStore) -> None:
+    assert await store.ping() is True
+
+
+async def test_memory_store_idle_expiry_restarts() -> None:
+    now = [1000.0]
+    store = MemoryStore(idle_ttl_s=30, dedup_ttl_s=86400, clock=lambda: now[0])
+    await store.save(DialogueState(key="k", node="x"), expected_version=0)
+    now[0] += 29
+    assert (await store.load("k")).node == "x"
+    now[0] += 2
+    assert (await store.load("k")).version == 0
+
+
+async def test_redis_store_sets_idle_ttl_and_dedup_ttl(redis_client: aioredis.Redis, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    store = RedisStore(redis_client, keys, idle_ttl_s=1800, dedup_ttl_s=86400)
+    await store.save(DialogueState(key="k"), expected_version=0)
+    assert 0 < await redis_client.pttl(keys.state("k")) <= 1800 * 1000
+    await store.first_seen("m")
+    assert 86000 < await redis_client.ttl(keys.dedup("m")) <= 86400
+
+
+async def test_redis_store_reports_unreachable() -> None:
+    store = RedisStore.from_url("redis://127.0.0.1:1/0", Keys("x"), 60, 86400)
+    assert await store.ping() is False
+    await store.close()
