@@ -11,5 +11,17 @@ def build_adapters(services: Services) -> list[ChannelAdapter]:
     cfg = services.config
     adapters: list[ChannelAdapter] = [ApiAdapter(services)]
     # Channel adapters are added below as they are enabled by config.
+    from adapters import wecom
+
+    if wecom.enabled(cfg.wecom):
+        adapters.append(wecom.WecomAdapter(services))
+    if cfg.dingtalk.app_key:
+        from adapters.dingtalk.adapter import DingtalkAdapter
+
+        adapters.append(DingtalkAdapter(services))
+    if cfg.web.enabled:
+        from adapters.web import WebAdapter
+
+        adapters.append(WebAdapter(services))
     del cfg
     return adapters

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import sys
 
 from bot.config import Config, ConfigError, load_config
+
+_SECRET = re.compile(r"secret|token|key|password", re.IGNORECASE)
 
 
 def _load(path: str | None) -> Config:
@@ -28,7 +32,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     _logging(cfg)
-    app = create_app(cfg)
+    try:
+        app = create_app(cfg)
+    except (ConfigError, ValueError) as exc:  # a channel or engine refusing its settings
+        print(f"kefu-hub: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     print(f"kefu-hub serving on http://{cfg.server.host}:{cfg.server.port}", flush=True)
     web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, shutdown_timeout=10)
     return 0
@@ -48,10 +56,39 @@ def cmd_faq_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_intent_eval(args: argparse.Namespace) -> int:
+    from bot.dialogue.intent import IntentRecognizer, load_eval_cases
+
+    cfg = _load(args.config)
+    recognizer = IntentRecognizer.load(cfg.resolve_path(cfg.dialogue.intents_path))
+    result = recognizer.evaluate(load_eval_cases(cfg.resolve_path(args.cases or cfg.dialogue.intents_eval_path)))
+    examples = sum(len(s.examples) for s in recognizer.specs)
+    print(f"intents: {len(recognizer.specs)}; training examples: {examples}; held-out cases: {result.total}")
+    print(f"held-out accuracy (rules + classifier): {result.accuracy:.1%} ({result.correct}/{result.total})")
+    model = f"{result.model_accuracy:.1%} ({result.model_correct}/{result.total})"
+    print(f"held-out accuracy (classifier alone):   {model}")
+    for name, (correct, total) in sorted(result.per_intent.items()):
+        print(f"  {name:<12} {correct}/{total}")
+    for text, expect, got, confidence in result.misses:
+        print(f"  miss: {text!r} expected {expect} got {got} ({confidence:.2f})")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    print(cfg.model_dump_json(indent=2))
+    print(json.dumps(_redact(cfg.model_dump()), indent=2, ensure_ascii=False))
     return 0
+
+
+def _redact(data: object, key: str = "") -> object:
+    """Never print secrets: values of keys that look like one are masked."""
+    if isinstance(data, dict):
+        return {k: _redact(v, k) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_redact(v, key) for v in data]
+    if data and _SECRET.search(key) and key not in ("key_prefix", "max_new_tokens", "context_tokens"):
+        return "***"
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     faq.set_defaults(func=cmd_faq_eval)
     check = sub.add_parser("check-config", help="validate the configuration and print it resolved")
     check.set_defaults(func=cmd_check_config)
-    for p in (serve, faq, check):
+    intent = sub.add_parser("intent-eval", help="print intent accuracy on the held-out cases")
+    intent.add_argument("--cases", default=None, help="default: dialogue.intents_eval_path")
+    intent.set_defaults(func=cmd_intent_eval)
+    for p in (serve, faq, check, intent):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -30,6 +30,10 @@ def create_app(config: Config, services: Services | None = None) -> web.Applicat
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if config.admin.token:  # the admin and agent API exist only with a token
+        from bot.admin import AdminApi
+
+        app.router.add_routes(AdminApi(services).routes())
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await services.start()

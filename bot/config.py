@@ -65,8 +65,9 @@ class OpenAIConfig(_Section):
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str = ""
     model: str = ""
-    timeout_s: float = Field(30.0, gt=0)
-    retries: int = Field(2, ge=0)
+    timeout_s: float = Field(30.0, gt=0)  # connect, first token, and longest gap between chunks
+    retries: int = Field(2, ge=0)  # only before the first token; after it a retry would repeat text
+    retry_backoff_s: float = Field(0.5, ge=0)  # doubles per attempt; Retry-After wins when larger
 
 
 class EngineConfig(_Section):
@@ -95,6 +96,17 @@ class WebConfig(_Section):
     token_ttl_s: int = Field(86400, gt=0)
     rate_per_session_per_min: int = Field(30, gt=0)
     rate_per_ip_per_min: int = Field(120, gt=0)
+    trust_forwarded_for: bool = False  # behind a reverse proxy: rate-limit by the last X-Forwarded-For address
+    max_message_chars: int = Field(2000, gt=0)
+    replay_events: int = Field(1000, gt=0)  # widget events kept per session for reconnects and reloads
+    heartbeat_s: float = Field(15.0, gt=0)  # SSE keep-alive comment interval
+    max_streams_per_session: int = Field(8, gt=0)  # open SSE connections (tabs) per session per process
+    demo_page: bool = True  # serve the demo company page at GET /
+
+
+def _digits_as_text(value: Any) -> Any:
+    """YAML reads an all-digit token as an int; it is still text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class WecomAppConfig(_Section):
@@ -105,6 +117,8 @@ class WecomAppConfig(_Section):
     aes_key: str = ""
     secret: str = ""
     agent_id: int = 0
+
+    _text = field_validator("corp_id", "token", "aes_key", "secret", mode="before")(_digits_as_text)
 
 
 class WecomConfig(_Section):
@@ -126,6 +140,9 @@ class WecomConfig(_Section):
     aibot_aes_key: str = ""
     aibot_stream_ttl_s: int = Field(600, gt=0)
     aibot_event_wait_s: float = Field(3.0, ge=0, lt=5)
+
+    _text = field_validator("corp_id", "token", "aes_key", "secret", "robot_key", "aibot_token", "aibot_aes_key",
+                            mode="before")(_digits_as_text)
 
     @field_validator("apps")
     @classmethod
@@ -152,7 +169,17 @@ class DingtalkConfig(_Section):
 
 
 class DialogueConfig(_Section):
+    enabled: bool = True  # false: the simple FAQ/LLM responder answers, no graph
     path: str = "config/dialogue.yaml"
+    intents_path: str = "config/intents.yaml"
+    intents_eval_path: str = "config/intents_eval.yaml"
+    intent_threshold: float = Field(0.45, ge=0, le=1)  # below: no intent route, maybe a clarifying question
+    clarify_floor: float = Field(0.15, ge=0, le=1)  # intents this likely are offered in the clarifying question
+    faq_strong: float = Field(0.8, ge=0, le=1)  # an FAQ match this close beats an intent route
+    history_tokens: int = Field(1024, gt=0)  # history budget for llm nodes (also capped by engine.context_tokens)
+    anger_handoff: int = Field(2, ge=1)  # angry messages in a conversation before it goes to a person
+    handoff_webhook_url: str = ""  # generic webhook told of every handoff (JSON {title, text})
+    notify_timeout_s: float = Field(10.0, gt=0)
 
 
 class AdminConfig(_Section):
@@ -201,12 +228,15 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _parse_scalar(raw: str) -> Any:
-    """YAML-parse env values so ``9000`` is an int and ``[a, b]`` a list."""
+    """Lists and mappings (``[a, b]``, ``{k: v}``) are YAML-parsed; everything else
+    stays a string for the typed models to convert, so a token ``0042`` stays
+    ``"0042"`` and ``BOT__X=`` clears a key."""
+    if raw.strip()[:1] not in ("[", "{"):
+        return raw
     try:
-        value = yaml.safe_load(raw)
+        return yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
-    return raw if value is None and raw.strip() else value
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,6 +249,9 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_SECRET = re.compile(r"secret|token|key|password", re.IGNORECASE)
+
+
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -226,7 +259,8 @@ def _describe(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
-        lines.append(f"  {path}: {msg}; got {e.get('input')!r}")
+        shown = "(hidden)" if _SECRET.search(path) else repr(e.get("input"))
+        lines.append(f"  {path}: {msg}; got {shown}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 

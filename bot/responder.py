@@ -26,7 +26,8 @@ class SimpleResponder:
         if event.kind is EventKind.FEEDBACK:
             return TurnResult(state)
         if not (event.text and event.text.strip()):
-            name = "attachment_only" if event.attachments else "unsupported"
+            kinds = {a.kind for a in event.attachments}
+            name = "voice_unrecognized" if "voice" in kinds else "attachment_only" if kinds else "unsupported"
             return self._reply(state, event, messages.text(name, lang), "system")
         history = state.history[-self.history_turns :]
         answer = await self.answerer.answer(

@@ -45,6 +45,10 @@ class Services:
         self._http: aiohttp.ClientSession | None = None
 
     def _handler(self) -> TurnHandler:
+        if self.config.dialogue.enabled:  # a bad graph raises GraphError (a ConfigError) naming the node
+            from bot.dialogue import build_manager
+
+            return build_manager(self)
         from bot.responder import SimpleResponder
 
         return SimpleResponder(self.answerer, self.config.state.history_turns)

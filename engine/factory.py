@@ -1,18 +1,51 @@
-"""Choose the engine from ``engine.kind``; heavy imports stay lazy."""
+"""Choose the engine from ``engine.kind``; cheap to import.
+
+torch, transformers and peft take seconds and a gigabyte to import, and a hub
+answering from the FAQ (or through vLLM) needs none of them, so the local
+engine's module is imported only when ``kind`` is ``hf``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from bot.config import EngineConfig
-from engine.base import Engine
+from engine.base import Engine, EngineError, GenerationRequest
 
 
 def open_engine(cfg: EngineConfig) -> Engine | None:
+    """A new, not yet started engine; None when answers come from the FAQ alone."""
     if cfg.kind == "faq":
         return None
     if cfg.kind == "hf":
-        from engine.hf import HFEngine
-
+        try:
+            from engine.hf import HFEngine
+        except ImportError as exc:  # the llm extra is not installed: fail at start(), like a bad model
+            return UnavailableEngine("hf", f"engine.kind=hf needs the llm extra (torch, transformers, peft): {exc}")
         return HFEngine(cfg)
-    from engine.remote import RemoteEngine
+    if cfg.kind == "openai":
+        from engine.remote import RemoteEngine
 
-    return RemoteEngine(cfg)
+        return RemoteEngine(cfg)
+    raise ValueError(f"engine.kind: unknown engine {cfg.kind!r}")
+
+
+class UnavailableEngine:
+    """An engine that cannot run here; ``start()`` raises so the hub falls back to the FAQ as for a load failure."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    async def start(self) -> None:
+        raise EngineError(self.reason)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        raise EngineError(self.reason)
+        yield ""  # pragma: no cover - makes this an async generator like the real engines
+
+    async def ready(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None

@@ -32,6 +32,10 @@ class Keys:
         """The latest one-shot WeCom AI-bot response_url of a conversation, for proactive replies."""
         return f"{self.prefix}:wecom:response_url:{{{conversation_key}}}"
 
+    def web_events(self, session_id: str) -> str:
+        """Stream of a web-widget session's messages and answer deltas, replayed to reconnecting browsers."""
+        return f"{self.prefix}:web:events:{session_id}"
+
     def feedback(self, conversation_key: str) -> str:
         return f"{self.prefix}:feedback:{{{conversation_key}}}"
 
@@ -41,3 +45,20 @@ class Keys:
     def user_index(self, channel: str, user_id: str) -> str:
         """Set of keys holding data about one user, for erasure."""
         return f"{self.prefix}:user:{channel}:{user_id}"
+
+    def handoff_notice(self, dedup_key: str) -> str:
+        """Marks the team as told of a handoff, so a turn run again never notifies twice."""
+        return f"{self.prefix}:handoff:{dedup_key}"
+
+    def conversation_keys(self, conversation_key: str) -> list[str]:
+        """Every per-conversation key, for erasure: each method above whose only
+        parameter is ``conversation_key`` (so a key added later is erased too)."""
+        found = []
+        for name in dir(self):
+            method = getattr(self, name)
+            code = getattr(getattr(method, "__func__", None), "__code__", None)
+            if name.startswith("_") or code is None or name == "conversation_keys":
+                continue
+            if code.co_varnames[: code.co_argcount] == ("self", "conversation_key"):
+                found.append(method(conversation_key))
+        return found

@@ -1,0 +1,310 @@
+"""Outbound DingTalk HTTP, all with aiohttp: sessionWebhook replies, robot
+OpenAPI sends, the app access token and the per-robot send rate.
+
+A ``sessionWebhook`` comes inside the inbound payload, so it is only called
+when its host is on ``dingtalk.webhook_hosts`` (https, except loopback hosts
+used by tests); otherwise a forged callback could make the hub call any URL.
+When it is refused, fails or has expired the reply goes through the OpenAPI,
+which needs an app access token: cached in the shared KV (Redis) so every
+process uses one token, refreshed by one caller at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bot.config import DingtalkConfig
+from bot.state.keys import Keys
+from bot.state.kv import SharedKV
+from bot.types import ConversationRef, Event
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_WEBHOOK_MARGIN_MS = 60_000  # treat a sessionWebhook as expired a minute early
+_TOKEN_MARGIN_S = 300
+_TOKEN_LOCK_S = 10.0
+_TOKEN_WAIT_STEPS = 100
+_MARKDOWN = re.compile(
+    r"(^|\n)\s{0,3}(#{1,6}\s|[-*+]\s|\d+\.\s|>\s|```)"  # headings, lists, quotes, code fences
+    r"|\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\s]+\)|!\[[^\]\n]*\]\([^)\s]+\)|`[^`\n]+`"  # bold, links, images, code
+)
+
+
+class DingtalkError(Exception):
+    """A DingTalk API call failed; the message says which and why."""
+
+
+def has_markdown(text: str) -> bool:
+    """Whether an answer is written in markdown (then it is sent as a markdown message)."""
+    return bool(_MARKDOWN.search(text))
+
+
+def markdown_title(text: str, limit: int = 20) -> str:
+    """The notification title DingTalk shows for a markdown message: its first line, plain."""
+    for line in text.splitlines():
+        plain = re.sub(r"^\s*(#{1,6}\s+|>\s*|[-*+]\s+|\d+\.\s+)", "", line)
+        plain = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", plain)
+        plain = re.sub(r"[*`]+", "", plain).strip()
+        if plain:
+            return plain[:limit]
+    return "客服回复"
+
+
+def webhook_allowed(url: str, hosts: list[str]) -> bool:
+    """https to a listed host; plain http only to a listed loopback host (tests)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = (parts.hostname or "").lower()
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        return False
+    if not host or host not in {h.lower() for h in hosts}:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a reply goes: the conversation, the sender to @-mention, the webhook if any."""
+
+    conversation_id: str
+    is_group: bool
+    staff_id: str = ""  # the sender's userid: @-mentions and single-chat OpenAPI sends need it
+    nick: str = ""
+    webhook: str = ""
+    webhook_expires_ms: int | None = None
+
+    @classmethod
+    def of(cls, event: Event | None, ref: ConversationRef) -> Target:
+        """From the event being answered, or from the conversation alone for proactive sends."""
+        data: Mapping[str, Any] = event.channel_data if event is not None else {}
+        if event is None:
+            return cls(ref.conversation_id, ref.is_group, staff_id=ref.user_id)
+        return cls(
+            ref.conversation_id,
+            ref.is_group,
+            staff_id=str(data.get("sender_staff_id") or ""),
+            nick=str(data.get("sender_nick") or ""),
+            webhook=str(data.get("session_webhook") or ""),
+            webhook_expires_ms=data.get("session_webhook_expires_ms"),
+        )
+
+
+def webhook_payload(target: Target, text: str, markdown: bool) -> dict[str, Any]:
+    """A sessionWebhook message; in groups it @-mentions the sender (in the text and in ``at``)."""
+    mention = f"@{target.staff_id}" if target.is_group and target.staff_id else ""
+    at = {"atUserIds": [target.staff_id], "isAtAll": False} if mention else {"isAtAll": False}
+    if markdown:
+        body = f"{mention}\n\n{text}" if mention else text
+        return {"msgtype": "markdown", "markdown": {"title": markdown_title(text), "text": body}, "at": at}
+    return {"msgtype": "text", "text": {"content": f"{mention} {text}" if mention else text}, "at": at}
+
+
+class RateGate:
+    """At most ``limit`` sends per window per robot, shared through the KV by every
+    process. Senders past the limit wait for the next window in FIFO order (the
+    asyncio lock is fair), so a burst is delayed, never dropped."""
+
+    def __init__(
+        self,
+        kv: SharedKV,
+        key: Callable[[int], str],
+        limit: int,
+        window_s: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.kv = kv
+        self.key = key
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                window = int(now // self.window_s)
+                if await self.kv.hit(self.key(window), self.window_s * 2) <= self.limit:
+                    return
+                delay = (window + 1) * self.window_s - now
+                log.info("DingTalk robot send rate reached; the next reply waits %.1fs", delay)
+                await self._sleep(max(delay, 0.001))
+
+
+class TokenCache:
+    """The app access token (/v1.0/oauth2/accessToken), shared through the KV."""
+
+    def __init__(
+        self,
+        cfg: DingtalkConfig,
+        http: Callable[[], aiohttp.ClientSession],
+        kv: SharedKV,
+        keys: Keys,
+    ) -> None:
+        self.cfg = cfg
+        self.http = http
+        self.kv = kv
+        self.key = keys.token(f"dingtalk:{cfg.app_key}")
+        self.lock_key = keys.lock(f"dingtalk-token:{cfg.app_key}")
+        self._local = asyncio.Lock()
+
+    async def get(self, stale: str | None = None) -> str:
+        """A valid token; ``stale`` is one the API just refused, so it is not reused."""
+        token = await self.kv.get(self.key)
+        if token and token != stale:
+            return token
+        async with self._local:
+            for _ in range(_TOKEN_WAIT_STEPS):
+                token = await self.kv.get(self.key)
+                if token and token != stale:
+                    return token
+                if await self.kv.set_nx(self.lock_key, "1", _TOKEN_LOCK_S):
+                    try:
+                        return await self._fetch()
+                    finally:
+                        await self.kv.delete(self.lock_key)
+                await asyncio.sleep(_TOKEN_LOCK_S / _TOKEN_WAIT_STEPS)  # another process is refreshing
+        raise DingtalkError("timed out waiting for another process to refresh the DingTalk access token")
+
+    async def _fetch(self) -> str:
+        url = self.cfg.api_base.rstrip("/") + "/v1.0/oauth2/accessToken"
+        body = {"appKey": self.cfg.app_key, "appSecret": self.cfg.app_secret}
+        try:
+            async with self.http().post(url, json=body) as resp:
+                data = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DingtalkError(f"access token request failed: {exc!r}") from exc
+        token = data.get("accessToken") if isinstance(data, dict) else None
+        if status != 200 or not isinstance(token, str) or not token:
+            raise DingtalkError(f"access token refused: HTTP {status} {_brief(data)}")
+        expire_in = data.get("expireIn")
+        ttl = float(expire_in) if isinstance(expire_in, int | float) else 7200.0
+        await self.kv.set(self.key, token, max(60.0, ttl - _TOKEN_MARGIN_S))
+        log.info("DingTalk access token refreshed")
+        return token
+
+    async def forget(self, token: str) -> None:
+        if await self.kv.get(self.key) == token:
+            await self.kv.delete(self.key)
+
+
+def _brief(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False)[:300]
+
+
+class DingtalkApi:
+    def __init__(
+        self,
+        cfg: DingtalkConfig,
+        http: Callable[[], aiohttp.ClientSession],
+        kv: SharedKV,
+        keys: Keys,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.cfg = cfg
+        self.http = http
+        self.robot_code = cfg.robot_code or cfg.app_key
+        self.tokens = TokenCache(cfg, http, kv, keys)
+        self.gate = RateGate(
+            kv, lambda w: keys.rate(f"dingtalk:{self.robot_code}:{w}"), cfg.send_rate_per_min,
+            clock=clock, sleep=sleep,
+        )
+        self._clock = clock
+
+    async def send(self, target: Target, text: str, markdown: bool) -> str:
+        """Send one message, waiting for the send rate; returns the route taken ("webhook" or "openapi")."""
+        await self.gate.wait()
+        url = target.webhook
+        if url:
+            expires = target.webhook_expires_ms
+            if not webhook_allowed(url, self.cfg.webhook_hosts):
+                host = urllib.parse.urlsplit(url).hostname if url.isascii() else "?"
+                log.warning("sessionWebhook host %r is not in dingtalk.webhook_hosts; not called, using the OpenAPI",
+                            host)
+            elif expires is not None and expires - _WEBHOOK_MARGIN_MS <= self._clock() * 1000:
+                log.info("sessionWebhook of %s expired; using the OpenAPI", target.conversation_id)
+            else:
+                try:
+                    await self._webhook(url, webhook_payload(target, text, markdown))
+                    return "webhook"
+                except DingtalkError as exc:
+                    log.warning("sessionWebhook reply failed (%s); using the OpenAPI", exc)
+        await self._robot_send(target, text, markdown)
+        return "openapi"
+
+    async def _webhook(self, url: str, payload: dict[str, Any]) -> None:
+        try:
+            async with self.http().post(url, json=payload) as resp:
+                data = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DingtalkError(f"sessionWebhook call failed: {exc!r}") from exc
+        errcode = data.get("errcode", 0) if isinstance(data, dict) else None
+        if status != 200 or errcode not in (0, "0"):
+            raise DingtalkError(f"sessionWebhook refused: HTTP {status} {_brief(data)}")
+
+    async def _robot_send(self, target: Target, text: str, markdown: bool) -> None:
+        """The robot OpenAPI: groupMessages/send for groups, oToMessages/batchSend for single chats."""
+        if markdown:
+            key, param = "sampleMarkdown", {"title": markdown_title(text), "text": text}
+        else:
+            key, param = "sampleText", {"content": text}
+        body: dict[str, Any] = {
+            "robotCode": self.robot_code,
+            "msgKey": key,
+            "msgParam": json.dumps(param, ensure_ascii=False),
+        }
+        if target.is_group:
+            body["openConversationId"] = target.conversation_id
+            await self.call("POST", "/v1.0/robot/groupMessages/send", body)
+            return
+        if not target.staff_id:
+            raise DingtalkError(f"cannot send to {target.conversation_id} through the OpenAPI: no sender userid")
+        body["userIds"] = [target.staff_id]
+        data = await self.call("POST", "/v1.0/robot/oToMessages/batchSend", body)
+        if target.staff_id in (data.get("invalidStaffIdList") or ()):
+            raise DingtalkError(f"OpenAPI refused user {target.staff_id} as invalid")
+        if target.staff_id in (data.get("flowControlledStaffIdList") or ()):
+            raise DingtalkError(f"OpenAPI flow-controlled the message to {target.staff_id}")
+
+    async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAPI call with the app token; a refused token is refreshed once."""
+        url = self.cfg.api_base.rstrip("/") + path
+        stale: str | None = None
+        for attempt in (1, 2):
+            token = await self.tokens.get(stale)
+            headers = {"x-acs-dingtalk-access-token": token}
+            try:
+                async with self.http().request(method, url, json=body, headers=headers) as resp:
+                    status = resp.status
+                    data = await resp.json(content_type=None) if resp.content_length != 0 else {}
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise DingtalkError(f"{method} {path} failed: {exc!r}") from exc
+            data = data if isinstance(data, dict) else {}
+            if status == 401 or (status == 403 and "token" in str(data.get("code", "")).lower()):
+                if attempt == 1:
+                    await self.tokens.forget(token)
+                    stale = token
+                    continue
+            if status >= 300:
+                raise DingtalkError(f"{method} {path}: HTTP {status} {_brief(data)}")
+            return data
+        raise AssertionError("unreachable")

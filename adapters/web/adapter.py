@@ -1,0 +1,464 @@
+"""The web channel: the embeddable chat widget, its API and the demo page.
+
+Routes:
+  GET  /                  demo company page with the widget embedded (``web.demo_page``)
+  GET  /widget.js         the widget, one self-contained file (no build step)
+  POST /api/web/session   issue or renew a signed session token
+  POST /api/web/messages  accept a visitor message into the hub (202 + message id)
+  GET  /api/web/stream    SSE: the session's events after ``Last-Event-ID``
+  GET  /api/web/history   the conversation so far, for a reloaded page
+  POST /api/web/feedback  thumbs up / down on an answer
+
+Answers never travel in HTTP responses: the hub's ``stream`` and ``deliver``
+append to the session's event log and every open SSE connection replays it,
+so a reconnect, a reload, a second tab or another gateway process all see
+the same ordered events once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from adapters.web.events import EventLog, MemoryEventLog, RedisEventLog, parse_event_id
+from adapters.web.feedback import RATINGS, FeedbackRecord, FeedbackStore, MemoryFeedbackStore, RedisFeedbackStore
+from adapters.web.origins import OriginPolicy
+from adapters.web.ratelimit import RateLimiter
+from adapters.web.session import SessionTokens, TokenError, WebSession, new_session_id
+from bot.http import HttpError, bearer_token, json_response, read_body, read_json_object
+from bot.hub import Overloaded
+from bot.services import Services
+from bot.state import DialogueState
+from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+API_PATHS = ("/api/web/session", "/api/web/messages", "/api/web/stream", "/api/web/history", "/api/web/feedback")
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_ANSWER_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+_MAX_CONTEXT = 500
+_FAKE_STREAM_PIECES = 8  # FAQ answers arrive whole; they still reach the widget as deltas, like LLM answers
+_DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+             "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def answer_id(message_id: str, index: int) -> str:
+    """The id a visitor rates: the message it answers, plus the reply's index in that turn."""
+    return message_id if index == 0 else f"{message_id}.{index}"
+
+
+class WebAdapter:
+    name = "web"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.config = services.config
+        self.cfg = services.config.web
+        self.tokens = SessionTokens(self.cfg.session_secret, self.cfg.token_ttl_s)
+        self.limits = RateLimiter(services.kv, services.keys, self.cfg.rate_per_session_per_min,
+                                  self.cfg.rate_per_ip_per_min)
+        self.origins = OriginPolicy(self.cfg.allowed_origins, self.config.server.public_url)
+        idle = self.config.state.idle_ttl_s
+        self.events: EventLog
+        self.feedback: FeedbackStore
+        if services.redis is not None:
+            self.events = RedisEventLog(services.redis, services.keys, self.cfg.replay_events, idle)
+            self.feedback = RedisFeedbackStore(services.redis, services.keys, idle)
+        else:
+            self.events = MemoryEventLog(self.cfg.replay_events, idle)
+            self.feedback = MemoryFeedbackStore()
+        self._streamed: dict[str, int] = {}  # hub event id -> deltas streamed by a turn running in this process
+        self._open_streams: dict[str, int] = {}  # session id -> SSE connections held by this process
+        self._closing = asyncio.Event()
+
+    # ------------------------------------------------------------------ wiring
+    def routes(self) -> Sequence[web.AbstractRouteDef]:
+        routes = [
+            web.get("/widget.js", self.widget_js),
+            web.post("/api/web/session", self._api(self.session)),
+            web.post("/api/web/messages", self._api(self.messages)),
+            web.get("/api/web/stream", self._api(self.stream_events)),
+            web.get("/api/web/history", self._api(self.history)),
+            web.post("/api/web/feedback", self._api(self.rate_answer)),
+        ]
+        routes += [web.options(path, self.preflight) for path in API_PATHS]
+        if self.cfg.demo_page:
+            routes.append(web.get("/", self.demo_page))
+        return routes
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._closing.set()
+        await self.events.close()
+
+    def _api(self, handler: Handler) -> Handler:
+        """Origin check, per-address limit and CORS headers on every answer, errors included
+        (without them a cross-origin widget could not even read a 401 or a 429)."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            origin = request.headers.get("Origin")
+            if not self.origins.allows(origin, request.host):
+                raise _origin_refused(origin)
+            cors = self.origins.cors_headers(origin)
+            try:
+                await self.limits.check_ip(self._client_ip(request))
+                response = await handler(request)
+            except HttpError as exc:
+                exc.headers.update(cors)
+                raise
+            if not response.prepared:
+                response.headers.update(cors)
+            return response
+
+        return wrapped
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin is None or not self.origins.allows(origin, request.host):
+            raise _origin_refused(origin)
+        return web.Response(status=204, headers=self.origins.preflight_headers(origin))
+
+    def _client_ip(self, request: web.Request) -> str:
+        if self.cfg.trust_forwarded_for:
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+            if hops:
+                return hops[-1][:64]  # the address our own proxy saw; earlier hops are the client's say-so
+        return request.remote or "unknown"
+
+    def _authorize(self, request: web.Request) -> WebSession:
+        try:
+            return self.tokens.verify(bearer_token(request))
+        except TokenError as exc:
+            raise HttpError(401, exc.code, exc.message, {"WWW-Authenticate": 'Bearer realm="kefu-web"'}) from None
+
+    @staticmethod
+    def _ref(session_id: str) -> ConversationRef:
+        return ConversationRef(channel=WebAdapter.name, conversation_id=session_id, user_id=session_id)
+
+    # ------------------------------------------------------------------ static
+    async def widget_js(self, _request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "widget.js", headers={
+            "Content-Type": "text/javascript; charset=utf-8",
+            "Cache-Control": "public, max-age=300",
+            "X-Content-Type-Options": "nosniff",
+        })
+
+    async def demo_page(self, _request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "demo.html", headers={
+            "Content-Type": "text/html; charset=utf-8",
+            "Content-Security-Policy": _DEMO_CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "strict-origin-when-cross-origin",
+        })
+
+    # ------------------------------------------------------------------ API
+    async def session(self, request: web.Request) -> web.Response:
+        """Renew the caller's session when its token is still good, else start a new one.
+        An id without its token starts a new session: ids alone never open a conversation."""
+        body = await read_body(request, self.config.server.max_body_bytes)
+        data: dict[str, Any] = {}
+        if body.strip():
+            try:
+                parsed = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise HttpError(400, "invalid_json", f"body is not valid UTF-8 JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise HttpError(400, "invalid_json", "body must be a JSON object")
+            data = parsed
+        old = data.get("token")
+        session_id = None
+        if isinstance(old, str):
+            try:
+                session_id = self.tokens.verify(old).session_id
+            except TokenError:
+                session_id = None
+        renewed = session_id is not None
+        issued = self.tokens.issue(session_id or new_session_id())
+        return json_response({
+            "session_id": issued.session_id,
+            "token": issued.token,
+            "expires_at": issued.expires_at,
+            "renewed": renewed,
+            "max_message_chars": self.cfg.max_message_chars,
+        })
+
+    async def messages(self, request: web.Request) -> web.Response:
+        session = self._authorize(request)
+        await self.limits.check_session(session.session_id)
+        data = await read_json_object(request, self.config.server.max_body_bytes)
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise HttpError(400, "invalid_text", "'text' must be a non-empty string")
+        if len(text) > self.cfg.max_message_chars:
+            raise HttpError(400, "message_too_long", f"messages are at most {self.cfg.max_message_chars} characters")
+        client_id = data.get("client_id")
+        if client_id is None:
+            client_id = uuid.uuid4().hex
+        elif not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
+            raise HttpError(400, "invalid_client_id", "'client_id' must be 8-64 characters of A-Z a-z 0-9 _ -")
+        context = data.get("context")
+        if context is not None and not isinstance(context, str):
+            raise HttpError(400, "invalid_context", "'context' must be a string")
+        sid = session.session_id
+        event = Event(
+            id=f"{sid}:{client_id}",  # scoped to the session, so one visitor's ids never collide with another's
+            kind=EventKind.MESSAGE,
+            ref=self._ref(sid),
+            text=text.strip(),
+            context=(context or "")[:_MAX_CONTEXT] or None,
+        )
+        # Logged before the hub sees it, so the visitor's message always precedes its answer in the log.
+        await self.events.append(sid, {"type": "user", "message_id": client_id, "text": event.text, "ts": time.time()})
+        try:
+            accepted = await self.services.hub.accept(event)
+        except Overloaded:
+            await self.events.append(sid, {"type": "failed", "message_id": client_id})
+            raise HttpError(503, "overloaded", "the service is busy; please send the message again shortly",
+                            {"Retry-After": "5"}) from None
+        return json_response({"message_id": client_id, "duplicate": not accepted}, status=202)
+
+    async def stream_events(self, request: web.Request) -> web.StreamResponse:
+        session = self._authorize(request)
+        sid = session.session_id
+        cursor = request.headers.get("Last-Event-ID") or request.query.get("after")
+        if cursor:
+            try:
+                parse_event_id(cursor)
+            except ValueError:
+                raise HttpError(400, "invalid_event_id", "Last-Event-ID must look like 1700000000000-0") from None
+        else:
+            cursor = await self.events.last_id(sid)
+        if self._open_streams.get(sid, 0) >= self.cfg.max_streams_per_session:
+            raise HttpError(429, "too_many_streams", "too many open chat windows for this conversation",
+                            {"Retry-After": "10"})
+        origin = request.headers.get("Origin")
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache, no-transform",
+            "X-Accel-Buffering": "no",  # nginx: pass events through at once
+            **self.origins.cors_headers(origin),
+        })
+        self._open_streams[sid] = self._open_streams.get(sid, 0) + 1
+        try:
+            await response.prepare(request)
+            await response.write(b"retry: 2000\n\n")
+            # Ends when the token expires: the widget then renews it and reconnects with Last-Event-ID.
+            while not self._closing.is_set() and (left := session.expires_at - time.time()) > 0:
+                entries = await self.events.read(sid, cursor, min(self.cfg.heartbeat_s, left))
+                if not entries:
+                    await response.write(b": ping\n\n")
+                    continue
+                frames = []
+                for event_id, event in entries:
+                    public = {k: v for k, v in event.items() if k != "meta"}
+                    frames.append(f"id: {event_id}\ndata: {json.dumps(public, ensure_ascii=False)}\n\n")
+                    cursor = event_id
+                await response.write("".join(frames).encode())
+        except ConnectionError:
+            pass  # the browser went away; it resumes from its Last-Event-ID
+        except Exception:
+            if not response.prepared:
+                raise
+            log.exception("web event stream of session %s failed; the widget will reconnect", sid[:8])
+        finally:
+            left_open = self._open_streams.get(sid, 1) - 1
+            if left_open > 0:
+                self._open_streams[sid] = left_open
+            else:
+                self._open_streams.pop(sid, None)
+        return response
+
+    async def history(self, request: web.Request) -> web.Response:
+        """The conversation from the state store, plus what is still in flight from the event log.
+
+        The log is read first and its newest id returned as ``cursor``: an answer that finishes in
+        between is then both in the history and replayed once by the stream, and the widget keeps
+        one copy (events carry ids), while nothing can fall between the two reads.
+        """
+        session = self._authorize(request)
+        sid = session.session_id
+        entries = await self.events.entries(sid)
+        ref = self._ref(sid)
+        state = await self.services.store.load(ref.key)
+        ratings = await self.feedback.ratings(ref.key)
+        quick = {e["answer_id"]: e.get("quick_replies") or [] for _, e in entries if e.get("type") == "reply"}
+        messages = _history_messages(state, sid, ratings, quick)
+        seen_users = {m.get("message_id") for m in messages if m["role"] == "user"}
+        finished: set[str] = set()
+        users: dict[str, dict[str, Any]] = {}
+        partial: dict[str, str] = {}
+        for _, e in entries:
+            kind, mid = e.get("type"), e.get("message_id")
+            if kind == "user" and mid not in seen_users:
+                users.setdefault(mid, {"role": "user", "text": e.get("text", ""), "ts": e.get("ts"),
+                                       "message_id": mid, "pending": True})
+            elif kind == "delta" and mid is not None:
+                so_far = partial.get(mid, "")
+                if e.get("offset") == 0:
+                    so_far = ""
+                if e.get("offset") == len(so_far):
+                    partial[mid] = so_far + e.get("text", "")
+            elif kind in ("reply", "done", "failed") and mid is not None:
+                finished.add(mid)
+        for mid, user in users.items():
+            if mid in finished:
+                continue
+            messages.append(user)
+            if partial.get(mid):
+                messages.append({"role": "assistant", "text": partial[mid], "message_id": mid, "streaming": True})
+        return json_response({
+            "session_id": sid,
+            "messages": messages,
+            "pending": [m["message_id"] for m in users.values() if m["message_id"] not in finished],
+            "cursor": entries[-1][0] if entries else "0-0",
+        })
+
+    async def rate_answer(self, request: web.Request) -> web.Response:
+        session = self._authorize(request)
+        sid = session.session_id
+        await self.limits.check_session(sid)
+        data = await read_json_object(request, self.config.server.max_body_bytes)
+        aid = data.get("answer_id")
+        rating = data.get("rating")
+        if not isinstance(aid, str) or not _ANSWER_ID.fullmatch(aid):
+            raise HttpError(400, "invalid_answer_id", "'answer_id' must be the id of an answer in this conversation")
+        if rating not in RATINGS:
+            raise HttpError(400, "invalid_rating", "'rating' must be one of " + ", ".join(RATINGS))
+        ref = self._ref(sid)
+        found = await self._find_answer(sid, ref, aid)
+        if found is None:
+            raise HttpError(404, "unknown_answer", "no such answer in this conversation (it may have expired)")
+        question, answer, source, meta = found
+        await self.feedback.record(FeedbackRecord(
+            conversation=ref.key, session_id=sid, answer_id=aid, rating=rating,
+            question=question, answer=answer, source=source, meta=meta,
+        ))
+        event = Event(id=f"{sid}:feedback:{uuid.uuid4().hex}", kind=EventKind.FEEDBACK, ref=ref, name=rating,
+                      channel_data={"answer_id": aid})
+        try:
+            await self.services.hub.accept(event)  # lets the dialogue layer react (e.g. offer a human)
+        except Overloaded:
+            log.info("feedback on %s stored but not passed to a busy hub", aid)
+        return json_response({"ok": True, "answer_id": aid, "rating": rating})
+
+    async def _find_answer(self, sid: str, ref: ConversationRef, aid: str) -> tuple[str, str, str, dict] | None:
+        entries = await self.events.entries(sid)
+        questions = {e.get("message_id"): e.get("text", "") for _, e in entries if e.get("type") == "user"}
+        for _, e in reversed(entries):
+            if e.get("type") == "reply" and e.get("answer_id") == aid:
+                mid = e.get("message_id")
+                return questions.get(mid, ""), e.get("text", ""), e.get("source", ""), dict(e.get("meta") or {})
+        state = await self.services.store.load(ref.key)
+        question = ""
+        for m in _history_messages(state, sid, {}, {}):
+            if m["role"] == "user":
+                question = m["text"]
+            elif m.get("answer_id") == aid:
+                return question, m["text"], m.get("source") or "", {}
+        return None
+
+    # ------------------------------------------------------------------ hub side
+    async def stream(self, chunk: ReplyChunk) -> None:
+        """A token (or a few) of an answer being generated: one ``delta`` event."""
+        if len(self._streamed) > 10_000:  # turns that never delivered (shutdown): forget them
+            self._streamed.clear()
+        self._streamed[chunk.in_reply_to] = self._streamed.get(chunk.in_reply_to, 0) + 1
+        sid = chunk.to.conversation_id
+        await self.events.append(sid, {
+            "type": "delta",
+            "message_id": _client_id(chunk.in_reply_to),
+            "offset": len(chunk.text_so_far) - len(chunk.delta),  # in code points; a restarted answer has 0
+            "text": chunk.delta,
+        })
+
+    async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
+        if event is not None and event.kind is not EventKind.MESSAGE and not replies:
+            return
+        mid = _client_id(event.id) if event is not None else None
+        streamed = self._streamed.pop(event.id, 0) if event is not None else 0
+        for i, reply in enumerate(replies):
+            sid = reply.to.conversation_id
+            aid = answer_id(mid, i) if mid else f"p{uuid.uuid4().hex[:16]}"
+            if i == 0 and mid and not streamed:
+                offset = 0
+                for piece in _pieces(reply.text, _FAKE_STREAM_PIECES):
+                    await self.events.append(sid, {"type": "delta", "message_id": mid, "offset": offset,
+                                                   "text": piece})
+                    offset += len(piece)
+            await self.events.append(sid, {
+                "type": "reply",
+                "message_id": mid,
+                "answer_id": aid,
+                "text": reply.text,
+                "quick_replies": list(reply.quick_replies),
+                "source": reply.source,
+                "markdown": reply.markdown,
+                "ts": time.time(),
+                "meta": _jsonable(reply.meta),
+            })
+        if event is not None and mid is not None:
+            await self.events.append(event.ref.conversation_id, {"type": "done", "message_id": mid})
+
+
+def _origin_refused(origin: str | None) -> HttpError:
+    return HttpError(403, "origin_not_allowed", f"origin {origin} may not use this widget (see web.allowed_origins)")
+
+
+def _client_id(event_id: str) -> str:
+    """The widget's message id: hub event ids are ``<session>:<client id>``."""
+    return event_id.split(":", 1)[1] if ":" in event_id else event_id
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    size = max(1, -(-len(text) // n))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _jsonable(meta: Any) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(dict(meta), ensure_ascii=False, default=str))
+    except (TypeError, ValueError):
+        return {}
+
+
+def _history_messages(
+    state: DialogueState, sid: str, ratings: dict[str, str], quick: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """History turns as widget messages. An assistant turn answers the user turn before it
+    (as :meth:`WebAdapter.deliver` numbers replies), which gives it the id visitors rate."""
+    out: list[dict[str, Any]] = []
+    last_user: str | None = None
+    index = 0
+    for turn in state.history:
+        item: dict[str, Any] = {"role": turn.role, "text": turn.text, "ts": turn.ts}
+        if turn.role == "user":
+            raw = turn.meta.get("id")
+            last_user = _client_id(raw) if isinstance(raw, str) and raw.startswith(f"{sid}:") else None
+            index = 0
+            item["message_id"] = last_user
+        elif turn.role == "assistant":
+            if last_user is not None:
+                aid = answer_id(last_user, index)
+                index += 1
+                item.update(answer_id=aid, feedback=ratings.get(aid), quick_replies=quick.get(aid, []))
+            item["source"] = turn.meta.get("source")
+        else:
+            last_user = None
+        out.append(item)
+    return out

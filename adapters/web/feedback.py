@@ -1,0 +1,80 @@
+"""Thumbs up / down on widget answers, kept as feedback events.
+
+Each vote is appended to one stream for every conversation
+(``keys.feedback_stream()``) with the question, the answer, its source and
+meta, so training jobs and A/B evaluations read a self-contained record
+without joining against state that has expired. The latest vote per answer is
+also kept per conversation (``keys.feedback(conversation)``) so a reloaded
+widget shows the thumbs the visitor chose.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from bot.state.keys import Keys
+
+RATINGS = ("up", "down", "none")  # none: the visitor took the vote back
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    conversation: str
+    session_id: str
+    answer_id: str
+    rating: str
+    question: str
+    answer: str
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    channel: str = "web"
+    ts: float = field(default_factory=time.time)
+
+
+class FeedbackStore(Protocol):
+    async def record(self, rec: FeedbackRecord) -> None: ...
+
+    async def ratings(self, conversation: str) -> dict[str, str]:
+        """answer id -> the latest rating in one conversation."""
+
+
+class MemoryFeedbackStore:
+    """Single-process mode: nothing outlives the process anyway (state is in memory too)."""
+
+    def __init__(self, max_records: int = 10_000) -> None:
+        self.records: deque[FeedbackRecord] = deque(maxlen=max_records)
+        self._latest: dict[str, dict[str, str]] = {}
+
+    async def record(self, rec: FeedbackRecord) -> None:
+        self.records.append(rec)
+        self._latest.setdefault(rec.conversation, {})[rec.answer_id] = rec.rating
+
+    async def ratings(self, conversation: str) -> dict[str, str]:
+        return dict(self._latest.get(conversation, {}))
+
+
+class RedisFeedbackStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys, ttl_s: float, max_records: int = 1_000_000) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.max_records = max_records
+
+    async def record(self, rec: FeedbackRecord) -> None:
+        fields = {k: (json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, dict) else str(v))
+                  for k, v in asdict(rec).items()}
+        latest = self.keys.feedback(rec.conversation)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.keys.feedback_stream(), fields, maxlen=self.max_records, approximate=True)
+            pipe.hset(latest, rec.answer_id, rec.rating)
+            pipe.pexpire(latest, self.ttl_ms)
+            await pipe.execute()
+
+    async def ratings(self, conversation: str) -> dict[str, str]:
+        return dict(await self.client.hgetall(self.keys.feedback(conversation)))

@@ -1,0 +1,176 @@
+"""WeCom AI bot (智能机器人) callbacks and the ``stream`` refresh protocol.
+
+The first callback for a message opens a stream and is answered at once with
+its id; the hub's partial answers are written to a buffer in the shared KV
+(so a refresh may land on any process); WeCom then polls with ``msgtype:
+stream`` refresh callbacks and gets the text so far, until ``finish: true``
+after the hub delivered. The stream id is derived from the conversation and
+message id, so a redelivered first callback reopens the same stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from adapters.wecom.api import CallPolicy, WecomApiError
+from adapters.wecom.crypto import WecomCrypto
+from adapters.wecom.parse import aibot_event, aibot_stream_id
+from adapters.wecom.render import render
+from bot import messages
+from bot.http import HttpError
+from bot.hub import Hub, Overloaded
+from bot.state.keys import Keys
+from bot.state.kv import SharedKV
+from bot.text import split_utf8
+from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
+
+log = logging.getLogger(__name__)
+
+STREAM_LIMIT_BYTES = 20480  # WeCom's limit on a stream's content
+_RESPONSE_URL_TTL_S = 3500  # WeCom keeps a response_url usable for an hour
+
+
+def stream_id(ref: ConversationRef, msg_id: str) -> str:
+    return hashlib.sha256(f"{ref.key}:{msg_id}".encode()).hexdigest()[:32]
+
+
+class StreamBuffers:
+    """Answers in progress by stream id: ``{"content", "finish"}`` with a TTL."""
+
+    def __init__(self, kv: SharedKV, keys: Keys, ttl_s: float) -> None:
+        self.kv = kv
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    async def open(self, sid: str) -> bool:
+        return await self.kv.set_nx(self.keys.wecom_stream(sid), json.dumps({"content": "", "finish": False}),
+                                    self.ttl_s)
+
+    async def write(self, sid: str, content: str, finish: bool = False) -> None:
+        content = split_utf8(content, STREAM_LIMIT_BYTES)[0] if content.strip() else ""
+        value = json.dumps({"content": content, "finish": finish}, ensure_ascii=False)
+        await self.kv.set(self.keys.wecom_stream(sid), value, self.ttl_s)
+
+    async def read(self, sid: str) -> tuple[str, bool] | None:
+        raw = await self.kv.get(self.keys.wecom_stream(sid))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return str(data["content"]), bool(data["finish"])
+
+    async def drop(self, sid: str) -> None:
+        await self.kv.delete(self.keys.wecom_stream(sid))
+
+
+class AibotEndpoint:
+    def __init__(self, crypto: WecomCrypto, hub: Hub, kv: SharedKV, keys: Keys, policy: CallPolicy, *,
+                 stream_ttl_s: float, event_wait_s: float) -> None:
+        self.crypto = crypto
+        self.hub = hub
+        self.kv = kv
+        self.keys = keys
+        self.policy = policy
+        self.buffers = StreamBuffers(kv, keys, stream_ttl_s)
+        self.event_wait_s = event_wait_s
+        self._waiting: dict[str, asyncio.Future[Sequence[Reply]]] = {}
+
+    # ------------------------------------------------------------------ inbound
+    async def handle(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The plaintext reply to one decrypted callback, or None for an empty answer."""
+        if (sid := aibot_stream_id(msg)) is not None:
+            state = await self.buffers.read(sid)
+            if state is None:  # expired or never ours: close it politely rather than let WeCom poll on
+                log.info("WeCom AI bot refreshed unknown stream %s", sid)
+                return _stream(sid, messages.text("apology", "zh"), True)
+            return _stream(sid, *state)
+        event = aibot_event(msg)
+        if event is None:
+            log.info("WeCom AI bot event %s ignored", msg.get("event", {}).get("eventtype"))
+            return None
+        if url := event.channel_data.get("response_url"):
+            await self.kv.set(self.keys.wecom_response_url(event.ref.key), url, _RESPONSE_URL_TTL_S)
+        if event.kind is EventKind.EVENT:
+            return await self._answer_event(event)
+        sid = stream_id(event.ref, event.id)
+        opened = await self.buffers.open(sid)
+        try:
+            accepted = await self.hub.accept(event)
+        except Overloaded:
+            if opened:
+                await self.buffers.drop(sid)
+            raise HttpError(503, "overloaded", "too many messages in flight; WeCom will retry") from None
+        if not accepted:
+            log.info("WeCom AI bot redelivered message %s; answering with its stream", event.id)
+        state = await self.buffers.read(sid) or ("", False)
+        return _stream(sid, *state)
+
+    async def _answer_event(self, event: Event) -> dict[str, Any] | None:
+        """Events (enter_chat) are answered in the callback itself, so wait briefly for the greeting."""
+        fut: asyncio.Future[Sequence[Reply]] = asyncio.get_running_loop().create_future()
+        self._waiting[event.id] = fut
+        try:
+            try:
+                if not await self.hub.accept(event):
+                    return None
+            except Overloaded:
+                raise HttpError(503, "overloaded", "too many messages in flight; WeCom will retry") from None
+            try:
+                replies = await asyncio.wait_for(asyncio.shield(fut), self.event_wait_s)
+            except TimeoutError:
+                log.warning("no greeting for WeCom AI bot event %s within %.1fs", event.id, self.event_wait_s)
+                return None
+        finally:
+            self._waiting.pop(event.id, None)
+        text = render(replies)
+        return {"msgtype": "text", "text": {"content": text}} if text else None
+
+    # ----------------------------------------------------------------- outbound
+    async def stream(self, chunk: ReplyChunk) -> None:
+        await self.buffers.write(stream_id(chunk.to, chunk.in_reply_to), chunk.text_so_far)
+
+    async def finish(self, event: Event, replies: Sequence[Reply]) -> None:
+        if event.kind is EventKind.EVENT:
+            fut = self._waiting.get(event.id)
+            if fut is not None and not fut.done():
+                fut.set_result(tuple(replies))
+            else:
+                log.info("greeting for WeCom AI bot event %s came too late; dropped", event.id)
+            return
+        await self.buffers.write(stream_id(event.ref, event.id), render(replies), finish=True)
+
+    async def send_proactive(self, reply: Reply) -> None:
+        """A reply outside a callback (an agent's answer) through the conversation's
+        latest one-shot response_url."""
+        key = self.keys.wecom_response_url(reply.to.key)
+        url = await self.kv.get(key)
+        if not url:
+            raise WecomApiError(-1, f"no usable response_url for {reply.to.key}", "aibot/response")
+        await self.kv.delete(key)
+        content = split_utf8(render([reply]), STREAM_LIMIT_BYTES)[0]
+        data = await self.policy.call("POST", url, "aibot/response", params={},
+                                      json={"msgtype": "markdown", "markdown": {"content": content}})
+        if int(data.get("errcode") or 0) != 0:
+            raise WecomApiError(int(data["errcode"]), str(data.get("errmsg", "")), "aibot/response")
+
+    def close(self) -> None:
+        for fut in self._waiting.values():
+            fut.cancel()
+
+    def encrypted(self, reply: dict[str, Any] | None) -> web.Response:
+        if reply is None:
+            return web.Response(text="")
+        sealed: dict[str, Any] = self.crypto.encrypt(json.dumps(reply, ensure_ascii=False))
+        sealed["timestamp"] = int(sealed["timestamp"])
+        return web.json_response(sealed)
+
+
+def _stream(sid: str, content: str, finish: bool) -> dict[str, Any]:
+    return {"msgtype": "stream", "stream": {"id": sid, "finish": finish, "content": content}}
+

@@ -1,0 +1,210 @@
+"""WeCom server API over aiohttp: access tokens, ``message/send``, rate limits.
+
+wechatpy's client blocks on ``requests``, so the few calls we need are made
+here. The access token lives in the shared KV (Redis in production) so every
+process uses the same one, and one process at a time refreshes it (a
+``SET NX`` lock), since each refresh invalidates the token others hold.
+Secrets and tokens travel in query strings, so URLs are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from bot.state.keys import Keys
+from bot.state.kv import SharedKV
+from bot.text import split_utf8
+
+log = logging.getLogger(__name__)
+
+TEXT_LIMIT_BYTES = 2048  # text and markdown app messages, group-robot text
+TOKEN_ERRORS = frozenset({40001, 40014, 42001})  # invalid / expired access token: refetch and retry once
+RATE_ERRORS = frozenset({45009, 45033})  # API frequency / concurrency limits: back off and retry
+_LOCK_TTL_S = 10.0
+_POLL_S = 0.05
+
+Sleep = Callable[[float], Awaitable[None]]
+HttpFactory = Callable[[], aiohttp.ClientSession]
+
+
+class WecomApiError(Exception):
+    def __init__(self, errcode: int, errmsg: str, api: str) -> None:
+        super().__init__(f"WeCom {api} failed: {errcode} {errmsg}")
+        self.errcode = errcode
+        self.errmsg = errmsg
+
+
+class MinuteGate:
+    """At most ``limit`` calls per window for a name, counted in the shared KV
+    so every process obeys one budget; callers over it wait for the next
+    window (queued, never dropped)."""
+
+    def __init__(
+        self,
+        kv: SharedKV,
+        key: Callable[[str], str],
+        limit: int,
+        *,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.kv = kv
+        self.key = key
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self.sleep = sleep
+
+    async def wait(self, name: str) -> None:
+        while True:
+            now = self.clock()
+            window = int(now // self.window_s)
+            if await self.kv.hit(self.key(f"{name}:{window}"), self.window_s * 2) <= self.limit:
+                return
+            await self.sleep((window + 1) * self.window_s - now + 0.01)
+
+
+class CallPolicy:
+    """How a WeCom call is retried: network errors and rate-limit answers back off."""
+
+    def __init__(self, http: HttpFactory, retries: int, backoff_s: float, sleep: Sleep = asyncio.sleep) -> None:
+        self.http = http
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.sleep = sleep
+
+    async def call(self, method: str, url: str, api: str, *, params: dict[str, str],
+                   json: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The decoded JSON answer; WeCom-level errors other than rate limits are
+        returned for the caller to judge."""
+        attempt = 0
+        while True:
+            try:
+                async with self.http().request(method, url, params=params, json=json) as resp:
+                    if resp.status >= 500:
+                        raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+                    data = await resp.json(content_type=None)
+                if not isinstance(data, dict):
+                    raise WecomApiError(-1, "answer is not a JSON object", api)
+                code = int(data.get("errcode") or 0)
+                if code not in RATE_ERRORS:
+                    return data
+                reason = f"rate limited ({code})"
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                reason = f"{type(exc).__name__}"
+                code = -1
+            if attempt >= self.retries:
+                raise WecomApiError(code, f"gave up after {attempt + 1} attempts: {reason}", api)
+            delay = self.backoff_s * 2**attempt
+            attempt += 1
+            log.warning("WeCom %s: %s; retry %d in %.1fs", api, reason, attempt, delay)
+            await self.sleep(delay)
+
+
+class AccessToken:
+    """One app's access token, cached in the shared KV until shortly before it expires."""
+
+    def __init__(self, policy: CallPolicy, kv: SharedKV, keys: Keys, api_base: str, corp_id: str, secret: str,
+                 agent_id: int) -> None:
+        self.policy = policy
+        self.kv = kv
+        self.url = f"{api_base.rstrip('/')}/cgi-bin/gettoken"
+        self.corp_id = corp_id
+        self.secret = secret
+        name = f"wecom:{corp_id}:{agent_id}"
+        self.key = keys.token(name)
+        self.lock_key = keys.lock(f"token:{name}")
+        self._local = asyncio.Lock()  # one waiter per process; the KV lock covers the others
+
+    async def get(self) -> str:
+        if token := await self.kv.get(self.key):
+            return token
+        async with self._local:
+            if token := await self.kv.get(self.key):
+                return token
+            return await self._refresh()
+
+    async def invalidate(self, bad: str) -> None:
+        """Forget a token WeCom refused, unless another process already replaced it."""
+        if await self.kv.get(self.key) == bad:
+            await self.kv.delete(self.key)
+
+    async def _refresh(self) -> str:
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + 2 * _LOCK_TTL_S
+        while True:
+            if await self.kv.set_nx(self.lock_key, owner, _LOCK_TTL_S):
+                try:
+                    if token := await self.kv.get(self.key):  # stored by the previous lock holder
+                        return token
+                    token, ttl = await self._fetch()
+                    await self.kv.set(self.key, token, ttl)
+                    return token
+                finally:
+                    if await self.kv.get(self.lock_key) == owner:
+                        await self.kv.delete(self.lock_key)
+            await asyncio.sleep(_POLL_S)
+            if token := await self.kv.get(self.key):
+                return token
+            if time.monotonic() > deadline:
+                raise WecomApiError(-1, "another process holds the refresh lock and stored no token", "gettoken")
+
+    async def _fetch(self) -> tuple[str, float]:
+        data = await self.policy.call("GET", self.url, "gettoken",
+                                      params={"corpid": self.corp_id, "corpsecret": self.secret})
+        token = data.get("access_token")
+        if int(data.get("errcode") or 0) != 0 or not isinstance(token, str) or not token:
+            raise WecomApiError(int(data.get("errcode") or -1), str(data.get("errmsg", "no access_token")), "gettoken")
+        expires = float(data.get("expires_in") or 7200)
+        log.info("fetched a WeCom access token for agent of corp %s (valid %.0fs)", self.corp_id, expires)
+        return token, max(60.0, expires - 300.0)  # renew five minutes early
+
+
+class AppClient:
+    """Active sends of one self-built app (``message/send``)."""
+
+    def __init__(self, token: AccessToken, policy: CallPolicy, gate: MinuteGate, api_base: str,
+                 agent_id: int) -> None:
+        self.token = token
+        self.policy = policy
+        self.gate = gate
+        self.url = f"{api_base.rstrip('/')}/cgi-bin/message/send"
+        self.agent_id = agent_id
+
+    async def send_text(self, user_id: str, text: str, *, markdown: bool = False) -> int:
+        """Send ``text`` to one member, split at 2048 UTF-8 bytes on line and
+        character boundaries; returns the number of messages sent."""
+        pieces = split_utf8(text, TEXT_LIMIT_BYTES)
+        for piece in pieces:
+            msgtype = "markdown" if markdown else "text"
+            await self.gate.wait(f"wecom:{self.agent_id}:{user_id}")
+            await self.send({"touser": user_id, "agentid": self.agent_id, "msgtype": msgtype,
+                             msgtype: {"content": piece}})
+        return len(pieces)
+
+    async def send(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``message/send``; a refused token is refetched and the send retried once."""
+        retried = False
+        while True:
+            token = await self.token.get()
+            data = await self.policy.call("POST", self.url, "message/send", params={"access_token": token},
+                                          json=payload)
+            code = int(data.get("errcode") or 0)
+            if code in TOKEN_ERRORS and not retried:
+                log.info("WeCom refused the access token (%d); fetching a new one", code)
+                retried = True
+                await self.token.invalidate(token)
+                continue
+            if code != 0:
+                raise WecomApiError(code, str(data.get("errmsg", "")), "message/send")
+            if invalid := data.get("invaliduser"):
+                log.warning("WeCom message/send: invalid recipients %s", invalid)
+            return data

@@ -1,0 +1,166 @@
+"""Admin and agent HTTP API, behind ``Authorization: Bearer <admin.token>``.
+
+Registered only when ``admin.token`` is set (``BOT__ADMIN__TOKEN``), so an
+unconfigured hub answers 404 rather than exposing customer data.
+
+- ``GET /api/admin/conversations/{channel}/{user_id}``: the stored state.
+- ``DELETE`` the same path: erase everything stored about the conversation
+  (state and history, per-conversation keys such as feedback, and every key
+  listed in the user's erasure index), the right to erasure.
+- ``POST /api/agent/reply`` ``{channel, user_id, text}``: a person answers
+  through the customer's own channel; the conversation is taken over (the bot
+  stays silent) and the answer is recorded in the history.
+- ``POST /api/agent/release`` ``{channel, user_id}``: the bot takes over again.
+
+A conversation is addressed as on the platform: ``channel`` and ``user_id``,
+plus ``tenant`` (WeCom corp, DingTalk org) and ``conversation_id`` when it is
+not the user's own single chat. Limitation: erasing by user id reaches the
+user's single chats and the keys other modules index under the user; a group
+chat's shared history is erased only by naming its ``conversation_id``, which
+erases the whole group conversation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from bot.dialogue import handoff
+from bot.http import HttpError, bearer_token, json_response, read_json_object
+from bot.services import Services
+from bot.state import DialogueState
+from bot.types import ConversationRef, Reply
+
+log = logging.getLogger(__name__)
+
+_MAX_ID = 128
+_MAX_TEXT = 4000
+
+
+class AdminApi:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.token = services.config.admin.token
+
+    def routes(self) -> Sequence[web.AbstractRouteDef]:
+        path = "/api/admin/conversations/{channel}/{user_id}"
+        return [
+            web.get(path, self.get_conversation),
+            web.delete(path, self.delete_conversation),
+            web.post("/api/agent/reply", self.agent_reply),
+            web.post("/api/agent/release", self.agent_release),
+        ]
+
+    def _authorize(self, request: web.Request) -> None:
+        token = bearer_token(request)
+        if token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
+            raise HttpError(401, "unauthorized", "missing or invalid admin token", {"WWW-Authenticate": "Bearer"})
+
+    # ------------------------------------------------------------------ admin
+    async def get_conversation(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        ref = _ref({**request.query, **request.match_info})
+        state = await self.services.store.load(ref.key)
+        if state.version == 0:
+            raise HttpError(404, "not_found", f"nothing is stored for conversation {ref.key}")
+        return json_response(_state_json(state))
+
+    async def delete_conversation(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        ref = _ref({**request.query, **request.match_info})
+        services = self.services
+        await services.store.delete(ref.key)
+        deleted = 0
+        if services.redis is not None:
+            index = services.keys.user_index(ref.channel, ref.user_id)
+            indexed = await services.redis.smembers(index)
+            deleted = await services.redis.delete(*services.keys.conversation_keys(ref.key), *indexed, index)
+        log.info("erased conversation %s (%d keys)", ref.key, deleted)
+        return json_response({"erased": ref.key, "deleted_keys": deleted})
+
+    # ------------------------------------------------------------------ agent
+    async def agent_reply(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body = await read_json_object(request, self.services.config.server.max_body_bytes)
+        ref = _ref(body)
+        text = body.get("text")
+        if not isinstance(text, str) or not text.strip() or len(text) > _MAX_TEXT:
+            raise HttpError(400, "invalid_text", f"'text' must be a non-empty string of at most {_MAX_TEXT} characters")
+        agent = body.get("agent")
+        if agent is not None and not isinstance(agent, str):
+            raise HttpError(400, "invalid_agent", "'agent' must be a string")
+        sink = self._sink(ref.channel)
+        limit = self.services.config.state.history_turns
+        state = await self.services.hub.update_state(
+            ref.key, lambda s: handoff.agent_replied(s, text.strip(), limit, agent)
+        )
+        target = handoff.ref_from_data(state.data) or ref
+        await self._deliver(sink, Reply(to=target, text=text.strip(), source="agent"))
+        return json_response({"delivered": True, "handed_off": state.handed_off, "key": ref.key})
+
+    async def agent_release(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body = await read_json_object(request, self.services.config.server.max_body_bytes)
+        ref = _ref(body)
+        notify = body.get("notify", True)
+        if not isinstance(notify, bool):
+            raise HttpError(400, "invalid_notify", "'notify' must be true or false")
+        sink = self._sink(ref.channel)
+        current = await self.services.store.load(ref.key)
+        if current.version == 0:
+            raise HttpError(404, "not_found", f"no conversation {ref.key} to release")
+        if not current.handed_off:
+            return json_response({"released": False, "key": ref.key, "message": "the bot already has it"})
+        lang = str(current.data.get("lang") or "zh")
+        notice = handoff.released_text(lang) if notify else None
+        limit = self.services.config.state.history_turns
+        state = await self.services.hub.update_state(ref.key, lambda s: handoff.released(s, notice, limit))
+        if notice:
+            await self._deliver(sink, Reply(to=handoff.ref_from_data(state.data) or ref, text=notice, source="system"))
+        return json_response({"released": True, "key": ref.key})
+
+    def _sink(self, channel: str):
+        try:
+            return self.services.hub.sink(channel)
+        except KeyError:
+            raise HttpError(404, "unknown_channel", f"no channel {channel!r} is running") from None
+
+    @staticmethod
+    async def _deliver(sink, reply: Reply) -> None:
+        try:
+            await sink.deliver(None, [reply])
+        except Exception as exc:
+            log.exception("delivering an agent message to %s failed", reply.to.key)
+            raise HttpError(502, "delivery_failed", f"{reply.to.channel} could not deliver it: {exc}") from None
+
+
+def _ref(params: Mapping[str, Any]) -> ConversationRef:
+    """The conversation addressed by channel/user_id (+ tenant, conversation_id)."""
+    values: dict[str, str] = {}
+    for name, required in (("channel", True), ("user_id", True), ("tenant", False), ("conversation_id", False)):
+        value = params.get(name)
+        if value is None and not required:
+            continue
+        if not isinstance(value, str) or not value.strip() or len(value) > _MAX_ID:
+            raise HttpError(400, f"invalid_{name}", f"'{name}' must be a string of 1-{_MAX_ID} characters")
+        values[name] = value.strip()
+    conversation = values.get("conversation_id", values["user_id"])
+    return ConversationRef(channel=values["channel"], conversation_id=conversation, user_id=values["user_id"],
+                           tenant=values.get("tenant", ""), is_group=conversation != values["user_id"])
+
+
+def _state_json(state: DialogueState) -> dict[str, Any]:
+    return {
+        "key": state.key,
+        "version": state.version,
+        "node": state.node,
+        "slots": dict(state.slots),
+        "handed_off": state.handed_off,
+        "updated_at": state.updated_at,
+        "data": dict(state.data),
+        "history": [{"role": t.role, "text": t.text, "ts": t.ts, "meta": dict(t.meta)} for t in state.history],
+    }

@@ -1,0 +1,188 @@
+"""Outbound DingTalk calls against the loopback fake, with the real Redis KV."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from adapters.dingtalk.api import (
+    DingtalkApi,
+    RateGate,
+    Target,
+    has_markdown,
+    markdown_title,
+    webhook_allowed,
+    webhook_payload,
+)
+from bot.config import Config
+from bot.state.keys import Keys
+from bot.state.kv import RedisKV
+from tests.adapters.dingtalk.dingtalk_fake import APP_KEY, FakeDingTalk
+
+HOSTS = ["oapi.dingtalk.com", "api.dingtalk.com", "127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://oapi.dingtalk.com/robot/sendBySession?session=1", True),
+        ("https://API.dingtalk.com/x", True),
+        ("http://oapi.dingtalk.com/robot/sendBySession", False),  # DingTalk's own hosts only over https
+        ("https://evil.example.com/robot", False),
+        ("https://oapi.dingtalk.com.evil.example.com/x", False),
+        ("https://oapi.dingtalk.com@evil.example.com/x", False),  # userinfo trick
+        ("http://127.0.0.1:8080/webhook", True),  # loopback may be plain http (tests)
+        ("http://localhost:8080/webhook", False),  # loopback, but not listed
+        ("ftp://oapi.dingtalk.com/x", False),
+        ("https://oapi.dingtalk.com:99999/x", False),
+        ("not a url", False),
+        ("", False),
+    ],
+)
+def test_webhook_host_allow_list(url: str, allowed: bool) -> None:
+    assert webhook_allowed(url, HOSTS) is allowed
+
+
+@pytest.mark.parametrize(
+    ("text", "markdown"),
+    [
+        ("您好，订单已经发货。", False),
+        ("价格是 3*4=12 元", False),
+        ("## 退货流程\n1. 申请售后", True),
+        ("步骤：\n- 打开订单\n- 点击退款", True),
+        ("请注意 **七天内** 申请", True),
+        ("详见[帮助中心](https://help.example.com)", True),
+    ],
+)
+def test_markdown_is_recognised(text: str, markdown: bool) -> None:
+    assert has_markdown(text) is markdown
+
+
+def test_markdown_title_is_the_first_plain_line() -> None:
+    assert markdown_title("## 退货流程\n1. 申请") == "退货流程"
+    assert markdown_title("   \n") == "客服回复"
+    assert markdown_title("退款会在 **1-3 个工作日** 内退回") == "退款会在 1-3 个工作日 内退回"
+    assert markdown_title("- 详见[帮助中心](https://h.example.com)") == "详见帮助中心"
+
+
+def test_group_replies_mention_the_sender_in_text_and_at() -> None:
+    target = Target("cidG", True, staff_id="u1", nick="张三")
+    text = webhook_payload(target, "您好", markdown=False)
+    assert text["msgtype"] == "text"
+    assert text["text"]["content"] == "@u1 您好"
+    assert text["at"]["atUserIds"] == ["u1"]
+    md = webhook_payload(target, "## 标题\n内容", markdown=True)
+    assert md["msgtype"] == "markdown" and md["markdown"]["text"].startswith("@u1")
+    assert md["markdown"]["title"] == "标题" and md["at"]["atUserIds"] == ["u1"]
+    single = webhook_payload(Target("cidS", False, staff_id="u1"), "您好", markdown=False)
+    assert single["text"]["content"] == "您好" and "atUserIds" not in single["at"]
+
+
+class FakeClock:
+    """Time that only moves when the gate sleeps, so queueing is checked without waiting."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def test_rate_gate_queues_past_the_limit_and_never_drops(redis_client: aioredis.Redis, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    clock = FakeClock(start=600.0 + 45.0)  # 15 s before the next minute
+    gate = RateGate(RedisKV(redis_client), lambda w: keys.rate(f"dingtalk:bot:{w}"), 2, clock=clock, sleep=clock.sleep)
+    passed: list[float] = []
+
+    async def send() -> None:
+        await gate.wait()
+        passed.append(clock())
+
+    await asyncio.gather(*(send() for _ in range(5)))
+    assert len(passed) == 5  # every reply went out
+    assert passed == [645.0, 645.0, 660.0, 660.0, 720.0]  # two per minute, in order
+    assert clock.sleeps == [15.0, 60.0]
+
+
+async def test_rate_gate_is_shared_between_processes(redis_client: aioredis.Redis, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    clock = FakeClock(start=1200.0)
+    gates = [
+        RateGate(RedisKV(redis_client), lambda w: keys.rate(f"dingtalk:bot:{w}"), 3, clock=clock, sleep=clock.sleep)
+        for _ in range(2)
+    ]
+    for gate in gates:
+        await gate.wait()
+    await gates[0].wait()
+    assert clock.sleeps == []
+    await gates[1].wait()  # the fourth send of the minute, from the other "process"
+    assert clock.sleeps == [60.0]
+
+
+@pytest.fixture
+async def api(
+    dingtalk_config: Callable[..., Config], redis_client: aioredis.Redis, key_prefix: str
+) -> AsyncIterator[DingtalkApi]:
+    cfg = dingtalk_config().dingtalk
+    session = aiohttp.ClientSession()
+    yield DingtalkApi(cfg, lambda: session, RedisKV(redis_client), Keys(key_prefix))
+    await session.close()
+
+
+async def test_the_token_is_fetched_once_and_shared(
+    api: DingtalkApi, fake_dingtalk: FakeDingTalk, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    target = Target("cidG", True, staff_id="u1")
+    await asyncio.gather(*(api.send(target, f"通知{i}", markdown=False) for i in range(8)))
+    assert len(fake_dingtalk.token_requests) == 1
+    assert len(fake_dingtalk.robot_sends) == 8
+    key = Keys(key_prefix).token(f"dingtalk:{APP_KEY}")
+    assert await redis_client.get(key) == "tok-0"
+    assert 0 < await redis_client.ttl(key) <= 7200 - 300
+
+
+async def test_a_refused_token_is_refreshed_once(api: DingtalkApi, fake_dingtalk: FakeDingTalk) -> None:
+    target = Target("cidS", False, staff_id="u1")
+    await api.send(target, "第一条", markdown=False)
+    fake_dingtalk.token = "tok-1"  # DingTalk revoked the cached token
+    await api.send(target, "第二条", markdown=False)
+    assert len(fake_dingtalk.token_requests) == 2
+    assert [json.loads(b["msgParam"])["content"] for _, b in fake_dingtalk.robot_sends] == ["第一条", "第二条"]
+
+
+async def test_openapi_messages_for_single_and_group(api: DingtalkApi, fake_dingtalk: FakeDingTalk) -> None:
+    assert await api.send(Target("cidS", False, staff_id="u1"), "您好", markdown=False) == "openapi"
+    assert await api.send(Target("cidG", True, staff_id="u1"), "## 标题\n正文", markdown=True) == "openapi"
+    (single_path, single), (group_path, group) = fake_dingtalk.robot_sends
+    assert single_path == "/v1.0/robot/oToMessages/batchSend"
+    assert single["userIds"] == ["u1"] and single["robotCode"] == APP_KEY and single["msgKey"] == "sampleText"
+    assert group_path == "/v1.0/robot/groupMessages/send"
+    assert group["openConversationId"] == "cidG" and group["msgKey"] == "sampleMarkdown"
+    assert json.loads(group["msgParam"]) == {"title": "标题", "text": "## 标题\n正文"}
+
+
+async def test_webhook_routes(api: DingtalkApi, fake_dingtalk: FakeDingTalk) -> None:
+    fresh = 2**62  # sessionWebhookExpiredTime far in the future
+    ok = Target("cidS", False, staff_id="u1", webhook=fake_dingtalk.webhook("ok"), webhook_expires_ms=fresh)
+    assert await api.send(ok, "走 webhook", markdown=False) == "webhook"
+    expired = Target("cidS", False, staff_id="u1", webhook=fake_dingtalk.webhook("old"), webhook_expires_ms=1)
+    assert await api.send(expired, "过期", markdown=False) == "openapi"
+    foreign = Target("cidS", False, staff_id="u1",
+                     webhook=fake_dingtalk.webhook("x").replace("127.0.0.1", "localhost"), webhook_expires_ms=fresh)
+    assert await api.send(foreign, "不可信", markdown=False) == "openapi"
+    broken = Target("cidS", False, staff_id="u1", webhook=fake_dingtalk.webhook("broken"), webhook_expires_ms=fresh)
+    assert await api.send(broken, "失败转 OpenAPI", markdown=False) == "openapi"
+    assert [name for name, _ in fake_dingtalk.webhook_calls] == ["ok", "broken"]  # localhost was never called
+    sent = [json.loads(b["msgParam"])["content"] for _, b in fake_dingtalk.robot_sends]
+    assert sent == ["过期", "不可信", "失败转 OpenAPI"]

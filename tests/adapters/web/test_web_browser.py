@@ -1,0 +1,237 @@
+"""End to end in a real headless Chromium: the demo page, the widget, streaming, reload, XSS, tokens.
+
+Debian's ``/usr/bin/chromium`` driven by Playwright for Python (``make test`` installs it with
+``scripts/browser-deps.sh``; Playwright's own browser download is never used). Screenshots of the open
+widget land in ``artifacts/`` for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
+
+from .conftest import WebServerFactory
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("KEFU_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BOT = ".kf-row.kf-bot[data-answer-id]"
+
+
+@pytest.fixture
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"!!! BROWSER TEST SKIPPED: {CHROMIUM} is missing. Run `bash scripts/browser-deps.sh` "
+                    "(apt-get install chromium fonts-noto-cjk; `make test` does it) to test the web widget !!!")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Any]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.skip("!!! BROWSER TEST SKIPPED: the playwright package is missing (pip install -e '.[dev]') !!!")
+    async with async_playwright() as pw:
+        # Playwright gives every launch a fresh temporary profile (user-data dir).
+        browser = await pw.chromium.launch(executable_path=chromium, args=FLAGS, headless=True)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def open_page(browser: Any, url: str, *, locale: str = "zh-CN", **context: Any) -> tuple[Any, Any, list]:
+    ctx = await browser.new_context(locale=locale, **context)
+    page = await ctx.new_page()
+    problems: list[str] = []
+    page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    await page.goto(url)
+    return ctx, page, problems
+
+
+async def stored_session(page: Any) -> dict[str, Any]:
+    raw = await page.evaluate("() => localStorage.getItem('kefu-hub:' + location.origin)")
+    return json.loads(raw)
+
+
+async def ask(page: Any, text: str) -> Any:
+    """Type a question, press Enter, and return the locator of its answer once complete."""
+    before = await page.locator(BOT).count()
+    box = page.locator(".kf-input")
+    await box.fill(text)
+    await box.press("Enter")
+    answer = page.locator(BOT).nth(before)
+    await answer.wait_for(state="visible", timeout=15_000)
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-kefu-widget]').shadowRoot.querySelector('.kf-streaming, .kf-typing')",
+        timeout=15_000)
+    return answer
+
+
+async def test_widget_end_to_end(
+    browser: Any, web_server: WebServerFactory, redis_url: str, key_prefix: str, artifacts_dir: Path
+) -> None:
+    server, adapter = await web_server({"state.url": redis_url, "state.key_prefix": key_prefix})
+    ctx, page, problems = await open_page(browser, str(server.make_url("/")), viewport={"width": 1280, "height": 820})
+    assert "云朵商城" in await page.title()
+
+    # open the widget: a floating button, a panel with the greeting, focus in the input
+    launcher = page.locator(".kf-launcher")
+    assert await launcher.get_attribute("aria-label") == "打开在线客服"
+    await launcher.click()
+    panel = page.locator(".kf-panel")
+    await panel.wait_for(state="visible")
+    assert await launcher.get_attribute("aria-expanded") == "true"
+    assert await panel.get_attribute("role") == "dialog"
+    assert "云朵商城智能客服" in await page.locator(".kf-greeting").inner_text()
+    focused = await page.evaluate(
+        "() => document.querySelector('[data-kefu-widget]').shadowRoot.activeElement?.className")
+    assert focused == "kf-input"
+    # host page styles do not reach inside (the page's body font size is 15px, its links have no underline)
+    assert await page.locator(".kf-title").evaluate("e => getComputedStyle(e).fontSize") == "16px"
+
+    # ask the FAQ; the answer is streamed into its bubble piece by piece, then rendered as safe markdown
+    answer = await ask(page, "如何重置密码？")
+    assert await page.locator(".kf-row.kf-user .kf-bubble").last.inner_text() == "如何重置密码？"
+    bubble = answer.locator(".kf-bubble")
+    assert "忘记密码" in await bubble.inner_text()
+    assert int(await answer.get_attribute("data-streamed")) >= 2
+    assert await bubble.locator("strong").inner_text() == "手机号或邮箱"
+    assert await bubble.locator("li").count() == 2
+    link = bubble.locator("a")
+    assert await link.get_attribute("href") == "https://help.yunduo.example/password"
+    assert await link.get_attribute("rel") == "noopener noreferrer nofollow"
+
+    # thumbs up: pressed, and stored as a feedback event for training
+    up = answer.locator(".kf-thumb-up")
+    assert await up.get_attribute("aria-label") == "有帮助"
+    await up.click()
+    await page.locator(".kf-notice.kf-ok").wait_for(state="visible")
+    assert await up.get_attribute("aria-pressed") == "true"
+    keys = adapter.services.keys
+    records = await adapter.services.redis.xrange(keys.feedback_stream())
+    assert [(r[1]["rating"], r[1]["question"]) for r in records] == [("up", "如何重置密码？")]
+
+    await page.screenshot(path=str(artifacts_dir / "widget.png"))
+
+    # reload: the panel reopens with the history from the server, the thumb still pressed
+    await page.reload()
+    await page.locator(".kf-panel").wait_for(state="visible")
+    restored = page.locator(BOT).first
+    await restored.wait_for(state="visible")
+    assert "忘记密码" in await restored.locator(".kf-bubble").inner_text()
+    assert await page.locator(".kf-row.kf-user .kf-bubble").first.inner_text() == "如何重置密码？"
+    assert await restored.locator(".kf-thumb-up").get_attribute("aria-pressed") == "true"
+    assert await page.locator(BOT).count() == 1
+
+    # markup in an answer and in the visitor's own text shows as text and runs nothing
+    evil_answer = await ask(page, "网页测试暗号是什么？")
+    text = await evil_answer.locator(".kf-bubble").inner_text()
+    assert "<img src=x onerror=alert(1)>" in text and "<script>window.__pwned=1</script>" in text
+    user_markup = "<b>粗体</b><img src=x onerror=alert(2)>"
+    await ask(page, user_markup)
+    assert await page.locator(".kf-row.kf-user .kf-bubble").last.inner_text() == user_markup
+    messages = page.locator(".kf-messages")
+    assert await messages.locator("img").count() == 0
+    assert await messages.locator("script").count() == 0
+    assert await messages.locator("b").count() == 0
+    assert await page.evaluate("() => window.__pwned") is None
+
+    # a dropped connection: the widget reconnects with Last-Event-ID; nothing lost, nothing twice
+    session = await stored_session(page)
+    sid = session["session_id"]
+    for conn in list(server.runner.server.connections):
+        conn.force_close()
+        if conn.transport is not None:
+            conn.transport.close()
+    ref = ConversationRef(channel="web", conversation_id=sid, user_id=sid)
+    event = Event(id=f"{sid}:after-drop-1", kind=EventKind.MESSAGE, ref=ref, text="断线测试")
+    pieces = ["网络", "断开", "期间", "生成的", "回答", "一个字", "也不少。"]
+    so_far = ""
+    for piece in pieces:
+        so_far += piece
+        await adapter.stream(ReplyChunk(ref, event.id, so_far, piece))
+    await adapter.deliver(event, [Reply(ref, so_far, in_reply_to=event.id, source="llm",
+                                        quick_replies=("多少钱包邮？", "转人工"))])
+    resumed = page.locator('.kf-row[data-answer-id="after-drop-1"]')
+    await resumed.wait_for(state="visible", timeout=15_000)
+    assert await resumed.locator(".kf-bubble").inner_text() == so_far
+    assert await resumed.get_attribute("data-streamed") == str(len(pieces))
+
+    # quick replies offered with that answer: one click asks it
+    quick = resumed.locator(".kf-quick button")
+    assert await quick.all_inner_texts() == ["多少钱包邮？", "转人工"]
+    before = await page.locator(BOT).count()
+    await quick.first.click()
+    await page.locator(BOT).nth(before).wait_for(state="visible", timeout=15_000)
+    assert await page.locator(".kf-row.kf-user .kf-bubble").last.inner_text() == "多少钱包邮？"
+    await page.wait_for_function(
+        "() => document.querySelector('[data-kefu-widget]').shadowRoot"
+        ".querySelectorAll('.kf-row.kf-bot[data-answer-id]').length > 0 && "
+        "[...document.querySelector('[data-kefu-widget]').shadowRoot.querySelectorAll('.kf-bot .kf-bubble')]"
+        ".some(b => b.textContent.includes('59 元包邮'))", timeout=15_000)
+    assert await page.locator(".kf-quick").count() == 0
+
+    # a forged token is refused; the real one works
+    version, _, exp, sig = session["token"].split(".")
+    forged = ".".join([version, "0" * 32, exp, sig])
+    statuses = await page.evaluate(
+        """async ([good, bad]) => {
+            const get = t => fetch('/api/web/history', {headers: {Authorization: 'Bearer ' + t}}).then(r => r.status);
+            return [await get(good), await get(bad), await get('v1.nonsense')];
+        }""", [session["token"], forged])
+    assert statuses == [200, 401, 401]
+
+    # Esc closes and gives focus back to the launcher
+    await page.locator(".kf-input").press("Escape")
+    await panel.wait_for(state="hidden")
+    assert await launcher.get_attribute("aria-expanded") == "false"
+    assert await page.evaluate(
+        "() => document.querySelector('[data-kefu-widget]').shadowRoot.activeElement?.className") == "kf-launcher"
+
+    assert problems == []
+    await ctx.close()
+
+
+async def test_widget_on_a_phone_in_english_with_rate_limit(
+    browser: Any, web_server: WebServerFactory, artifacts_dir: Path
+) -> None:
+    server, _ = await web_server({"web.rate_per_session_per_min": 1})
+    ctx, page, problems = await open_page(
+        browser, str(server.make_url("/")), locale="en-US",
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2)
+    launcher = page.locator(".kf-launcher")
+    assert await launcher.get_attribute("aria-label") == "Open customer service chat"
+    await launcher.click()
+    panel = page.locator(".kf-panel")
+    await panel.wait_for(state="visible")
+    box = await panel.bounding_box()
+    assert box is not None and box["width"] == 390  # full screen on a phone
+    assert await page.locator(".kf-input").get_attribute("placeholder") == "Type your question, Enter to send"
+
+    await ask(page, "如何重置密码？")
+    await page.screenshot(path=str(artifacts_dir / "widget-mobile.png"))
+
+    # over the per-session limit: the server answers 429, the widget says so kindly and keeps the text
+    box_input = page.locator(".kf-input")
+    await box_input.fill("多少钱包邮？")
+    await box_input.press("Enter")
+    notice = page.locator(".kf-notice")
+    await notice.wait_for(state="visible")
+    assert await notice.inner_text() == "You're sending messages a bit fast. Please wait a moment."
+    failed = page.locator(".kf-row.kf-user.kf-failed")
+    assert await failed.locator(".kf-bubble").inner_text() == "多少钱包邮？"
+    assert await failed.locator(".kf-retry").inner_text() == "Send again"
+    assert problems == []
+    await ctx.close()

@@ -1,0 +1,46 @@
+"""Fixtures for the dialogue tests: a running hub with the admin API and a
+loopback webhook receiver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import make_config, start_server
+
+from .helpers import ADMIN_TOKEN, Admin, Webhook
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[Webhook]:
+    hook = Webhook()
+    app = web.Application()
+    app.router.add_post("/hook", hook.handle)
+    hook.server = TestServer(app, host="127.0.0.1")
+    await hook.server.start_server()
+    yield hook
+    await hook.server.close()
+
+
+@pytest.fixture
+async def server(webhook: Webhook) -> AsyncIterator[TestServer]:
+    """The default configuration (memory state) with the admin API and the webhook on."""
+    srv = await start_server(make_config({"admin.token": ADMIN_TOKEN, "dialogue.handoff_webhook_url": webhook.url}))
+    yield srv
+    await srv.close()
+
+
+@pytest.fixture
+def admin(http: aiohttp.ClientSession, server: TestServer) -> Admin:
+    return Admin(http, server)
+
