@@ -86,6 +86,7 @@ class EngineConfig(_Section):
     max_batch_size: int = Field(16, gt=0)
     queue_max: int = Field(256, gt=0)
     context_tokens: int = Field(2048, gt=0)
+    torch_threads: int = Field(0, ge=0)  # hf on CPU: intra-op threads, 0 = torch's default (all cores)
     openai: OpenAIConfig = OpenAIConfig()
 
 
@@ -166,6 +167,8 @@ class DingtalkConfig(_Section):
     send_rate_per_min: int = Field(20, gt=0)  # DingTalk throttles a robot past 20 messages a minute
     stream_backoff_s: float = Field(1.0, gt=0)  # first Stream-mode reconnect delay, doubled per failure
     stream_backoff_max_s: float = Field(60.0, gt=0)
+
+    _text = field_validator("app_key", "app_secret", "robot_code", "card_template_id", mode="before")(_digits_as_text)
 
 
 class DialogueConfig(_Section):

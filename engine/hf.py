@@ -314,6 +314,8 @@ class HFEngine:
             raise EngineError(f"engine.adapters: {BASE_ADAPTER!r} is reserved for the base model")
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
+        if cfg.torch_threads and device.type == "cpu":
+            torch.set_num_threads(cfg.torch_threads)  # process-wide; on a shared box fewer threads spin less
         quant = quantization_config(cfg.quantization, device, dtype)
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -200,6 +200,17 @@ def _train(model: Any, tokenizer: Any, texts: list[str], steps: int, batch: int 
     """A couple hundred AdamW steps so greedy output is text, not byte soup (about 5 s on 2 cores)."""
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: OpenMP threads only spin, and on a busy machine 10x slower
+    try:
+        _train_loop(model, tokenizer, texts, steps, batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_loop(model: Any, tokenizer: Any, texts: list[str], steps: int, batch: int) -> None:
+    import torch
+
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     ids_all, mask_all = enc["input_ids"], enc["attention_mask"]
     labels_all = ids_all.masked_fill(mask_all == 0, -100)

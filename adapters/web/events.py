@@ -24,6 +24,8 @@ from bot.state.keys import Keys
 
 Entry = tuple[str, dict[str, Any]]  # (event id, event)
 
+_MAX_BLOCK_S = 2.0
+_REDIS_SOCKET_TIMEOUT_S = 5.0  # redis-py's default when the URL names none
 _EVENT_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
 
 
@@ -126,6 +128,10 @@ class RedisEventLog:
         self.keys = keys
         self.per_session = per_session
         self.ttl_ms = max(1, int(idle_ttl_s * 1000))
+        # Blocking reads go in slices under the client's socket timeout (5 s by default in redis-py 8):
+        # a longer block would fail as a read timeout instead of coming back empty.
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout", _REDIS_SOCKET_TIMEOUT_S)
+        self.block_s = min(_MAX_BLOCK_S, socket_timeout / 2) if socket_timeout else _MAX_BLOCK_S
 
     async def append(self, session_id: str, event: dict[str, Any]) -> str:
         key = self.keys.web_events(session_id)
@@ -148,11 +154,15 @@ class RedisEventLog:
     async def read(self, session_id: str, after: str, timeout_s: float) -> list[Entry]:
         parse_event_id(after)
         key = self.keys.web_events(session_id)
-        result = await self.client.xread({key: after}, count=500, block=max(1, int(timeout_s * 1000)))
-        if not result:
-            return []
-        streams = result.items() if isinstance(result, dict) else result  # RESP3 answers a dict
-        return [entry for _key, raw in streams for entry in self._decode(raw)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            block_s = min(self.block_s, max(0.001, deadline - time.monotonic()))
+            result = await self.client.xread({key: after}, count=500, block=max(1, int(block_s * 1000)))
+            if result:
+                streams = result.items() if isinstance(result, dict) else result  # RESP3 answers a dict
+                return [entry for _key, raw in streams for entry in self._decode(raw)]
+            if time.monotonic() >= deadline:
+                return []
 
     async def entries(self, session_id: str) -> list[Entry]:
         return self._decode(await self.client.xrange(self.keys.web_events(session_id)))

@@ -1,6 +1,7 @@
 """The history an LLM node sees, bounded by a token budget.
 
-The newest turns are kept whole while they fit; older ones are folded into a
+The newest turns are kept whole while they fit (the newest one clipped if
+even it alone does not); older ones are folded into a
 short extractive summary (the gist of each dropped turn, newest first, as many
 as fit in a quarter of the budget) and whatever still does not fit is dropped.
 The window never exceeds the budget, so a long conversation can never
@@ -78,7 +79,13 @@ def fit_history(history: Sequence[HistoryTurn], budget: int, lang: str = "zh") -
     total = sum(turn_tokens(t) for t in history)
     if total <= budget:
         return ContextWindow(tuple(history), None, 0, total)
-    kept, used = _newest(history, budget - max(1, int(budget * _SUMMARY_SHARE)))
+    room = budget - max(1, int(budget * _SUMMARY_SHARE))
+    kept, used = _newest(history, room)
+    if not kept and (text := clip(history[-1].text, room - _PER_MESSAGE)):
+        # Not even the newest turn fits whole: keep its beginning rather than only a gist.
+        last = history[-1]
+        kept = (HistoryTurn(last.role, text, last.ts, last.meta),)
+        used = turn_tokens(kept[0])
     older = history[: len(history) - len(kept)]
     header = _HEADER.get(lang, _HEADER["zh"])
     lines: list[str] = []
@@ -92,14 +99,6 @@ def fit_history(history: Sequence[HistoryTurn], budget: int, lang: str = "zh") -
         size += cost
     summary = header + "\n" + "\n".join(lines) if lines else None
     tokens = used + (size if summary else 0)
-    if not kept and summary is None and history:
-        # Not even the newest turn fits whole: keep its beginning rather than nothing.
-        last = history[-1]
-        text = clip(last.text, budget - _PER_MESSAGE)
-        if text:
-            kept = (HistoryTurn(last.role, text, last.ts, last.meta),)
-            tokens = turn_tokens(kept[0])
-            older = history[:-1]
     return ContextWindow(tuple(kept), summary, len(older) - len(lines), tokens)
 
 

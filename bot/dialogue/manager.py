@@ -65,6 +65,10 @@ MAX_STEPS = 16  # nodes one turn may pass through; compile already rejects loops
 GREET_EVENTS = frozenset({"enter_agent", "subscribe", "open", "enter_chat"})
 _NO_INTENT = IntentResult(None, 0.0, "none")
 _NO_SENTIMENT = Sentiment("neutral", 0.0)
+_DEFAULT_TEXTS = {  # when the graph's `texts` does not say
+    "clarify": {"zh": "请问您想咨询以下哪一类问题？", "en": "Which of these is your question about?"},
+    "invalid": {"zh": "抱歉，您的回复格式不对，请再发送一次。", "en": "Sorry, that doesn't look right; try again."},
+}
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"\b[A-Za-z]+\b")  # whole alphabetic words: not the YD in YD2405120001
 
@@ -382,7 +386,7 @@ class DialogueManager:
                 value = named if named is not None else (m.group(1) if m.re.groups else m.group(0))
         elif node.choices:
             folded = normalize(text)
-            value = next((c for c in node.choices if normalize(c) and normalize(c) in folded), None)
+            value = next((c for c in node.choices if _mentions(folded, normalize(c))), None)
         if value is None:
             return None
         if node.transform == "upper":
@@ -429,8 +433,8 @@ class DialogueManager:
         text = self.graph.texts.get(name)
         if text is not None:
             return text.get(lang)
-        if name == "clarify":
-            return "请问您想咨询以下哪一类问题？" if lang != "en" else "Which of these is your question about?"
+        if name in _DEFAULT_TEXTS:
+            return _DEFAULT_TEXTS[name].get(lang, _DEFAULT_TEXTS[name]["zh"])
         return messages.text("unknown", lang)
 
     def _say(self, turn: _Turn, text: str, source: str, quick: Sequence[str] = ()) -> None:
@@ -464,6 +468,15 @@ class DialogueManager:
         for text, source, _quick, node in turn.replies:
             new = new.with_turn("assistant", text, self.history_turns, source=source, node=node)
         return new
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    """``phrase`` occurs in ``text``; a Latin phrase only as whole words (S is not the s in "small")."""
+    if not phrase:
+        return False
+    if phrase.isascii():
+        return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", text) is not None
+    return phrase in text
 
 
 def build_manager(services: Services) -> DialogueManager:

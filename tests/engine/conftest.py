@@ -38,6 +38,7 @@ def engine_cfg(tiny_model: Path) -> Callable[..., EngineConfig]:
             "batch_window_ms": 20.0,
             "max_batch_size": 16,
             "device": "cpu",
+            "torch_threads": 1,  # tiny matrices: extra OpenMP threads only spin on a busy CI box
         }
         values.update(overrides)
         return EngineConfig(**values)

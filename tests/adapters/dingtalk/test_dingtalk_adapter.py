@@ -16,7 +16,7 @@ from adapters.dingtalk.parse import parse_message
 from bot.config import Config
 from bot.services import Services
 from bot.types import ConversationRef, Reply
-from tests.adapters.dingtalk.dingtalk_fake import FakeDingTalk, robot_message, signed_headers
+from tests.adapters.dingtalk.dingtalk_fake import LIVENESS_S, FakeDingTalk, robot_message, signed_headers
 from tests.conftest import start_server
 
 HOUR_MS = 3600 * 1000
@@ -38,7 +38,7 @@ class Hub:
             return r.status, await r.text()
 
     async def settle(self) -> None:
-        assert await self.services.hub.drain(10)
+        assert await self.services.hub.drain(LIVENESS_S)
 
 
 @pytest.fixture

@@ -159,7 +159,7 @@ async def test_answers_that_did_not_stream_are_plain_messages(
 async def test_without_a_template_chunks_are_ignored(
     make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk
 ) -> None:
-    adapter = make_adapter({"dingtalk.card_template_id": "''"})
+    adapter = make_adapter({"dingtalk.card_template_id": ""})
     event = parse_message(robot_message("msgCARD8", webhook=fake_dingtalk.webhook()))
     await stream_answer(adapter, event, ANSWER)
     await adapter.deliver(event, [answer(event)])

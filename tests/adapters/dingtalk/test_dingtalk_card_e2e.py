@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.config import Config
 from bot.services import Services
-from tests.adapters.dingtalk.dingtalk_fake import FakeDingTalk, FakeOpenAI, robot_message, signed_headers
+from tests.adapters.dingtalk.dingtalk_fake import LIVENESS_S, FakeDingTalk, FakeOpenAI, robot_message, signed_headers
 from tests.conftest import start_server
 
 TOKENS = ["今天", "北京", "晴，", "气温", "十五", "度，", "适合", "出行。"]
@@ -47,7 +47,7 @@ async def run_llm_hub(
             servers[-1].make_url("/dingtalk/callback"), json=message, headers=signed_headers()
         ) as r:
             assert r.status == 200
-        assert await services.hub.drain(20)
+        assert await services.hub.drain(LIVENESS_S)
         return services
 
     yield run

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.config import Config
 from bot.services import Services
-from tests.adapters.dingtalk.dingtalk_fake import APP_KEY, APP_SECRET, FakeDingTalk, robot_message
+from tests.adapters.dingtalk.dingtalk_fake import APP_KEY, APP_SECRET, LIVENESS_S, FakeDingTalk, robot_message
 from tests.conftest import start_server
 
 
@@ -65,7 +65,7 @@ async def test_redelivered_frames_are_acked_but_answered_once(
     await fake_dingtalk.wait_for(lambda: all(acks_for(fake_dingtalk, f) for f in frames))
     assert all(acks_for(fake_dingtalk, f)[0]["code"] == 200 for f in frames)
     await fake_dingtalk.wait_for(lambda: len(fake_dingtalk.webhook_calls) >= 1)
-    assert await services.hub.drain(10)
+    assert await services.hub.drain(LIVENESS_S)
     assert len(fake_dingtalk.webhook_calls) == 1
     assert fake_dingtalk.webhook_calls[0][1]["at"]["atUserIds"] == ["manager4521"]
 
@@ -136,7 +136,7 @@ async def test_overload_is_acked_as_a_failure_so_dingtalk_redelivers(
     await fake_dingtalk.wait_for(lambda: bool(acks_for(fake_dingtalk, refused)))
     assert acks_for(fake_dingtalk, refused)[0]["code"] == 500
     fake_dingtalk.webhook_gate.set()
-    assert await services.hub.drain(10)
+    assert await services.hub.drain(LIVENESS_S)
     again = fake_dingtalk.push_callback(message, message_id=uuid.uuid4().hex)
     await fake_dingtalk.wait_for(lambda: bool(acks_for(fake_dingtalk, again)))
     assert acks_for(fake_dingtalk, again)[0]["code"] == 200

@@ -67,3 +67,17 @@ async def test_redis_log_expires_with_the_conversation(redis_client: aioredis.Re
 def test_bad_event_ids_are_refused(raw: str) -> None:
     with pytest.raises(ValueError):
         parse_event_id(raw)
+
+
+async def test_redis_read_waits_longer_than_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
+    """A reader idle past the client's socket timeout comes back empty rather than failing."""
+    client = aioredis.from_url(redis_url, decode_responses=True, socket_timeout=1.0)
+    try:
+        log = RedisEventLog(client, Keys(key_prefix), per_session=50, idle_ttl_s=600)
+        assert await log.read(SID, "0-0", timeout_s=1.5) == []
+        reader = asyncio.create_task(log.read(SID, "0-0", timeout_s=10))
+        await asyncio.sleep(1.5)
+        event_id = await log.append(SID, {"late": True})
+        assert await reader == [(event_id, {"late": True})]
+    finally:
+        await client.aclose()
