@@ -31,6 +31,7 @@ from aiohttp import web
 
 from bot.dialogue import handoff
 from bot.http import HttpError, bearer_token, json_response, read_json_object
+from bot.hub import ReplySink
 from bot.services import Services
 from bot.state import DialogueState
 from bot.types import ConversationRef, Reply
@@ -123,14 +124,14 @@ class AdminApi:
             await self._deliver(sink, Reply(to=handoff.ref_from_data(state.data) or ref, text=notice, source="system"))
         return json_response({"released": True, "key": ref.key})
 
-    def _sink(self, channel: str):
+    def _sink(self, channel: str) -> ReplySink:
         try:
             return self.services.hub.sink(channel)
         except KeyError:
             raise HttpError(404, "unknown_channel", f"no channel {channel!r} is running") from None
 
     @staticmethod
-    async def _deliver(sink, reply: Reply) -> None:
+    async def _deliver(sink: ReplySink, reply: Reply) -> None:
         try:
             await sink.deliver(None, [reply])
         except Exception as exc:

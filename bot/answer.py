@@ -63,16 +63,18 @@ class Answerer:
         adapter: str | None = None,
         stream: StreamFn = no_stream,
         prefer_llm: bool = False,
+        faq_context: bool = True,
     ) -> Answer:
         hits = self.faq.search(query, k=3)
         top = hits[0] if hits else None
         confident = top is not None and top.score >= self.faq.threshold
-        if confident and not prefer_llm:
+        if confident and (not prefer_llm or self.engine is None):
             assert top is not None
             return self._record(Answer(top.entry.answer, "faq", top.entry.id, top.score))
         if self.engine is not None:
             try:
-                text = await self._generate(query, lang, history, context, instructions, adapter, hits, stream)
+                knowledge = hits if faq_context else []
+                text = await self._generate(query, lang, history, context, instructions, adapter, knowledge, stream)
                 if text.strip():
                     return self._record(Answer(text.strip(), "llm"))
                 self.metrics.engine_fallbacks.labels("empty").inc()

@@ -147,6 +147,13 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self._name}-generate")
         self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"{self._name}-batcher")
 
+    def configure(self, *, window_s: float | None = None, max_batch_size: int | None = None) -> None:
+        """Retune a running batcher (benchmarks compare one-at-a-time and batched on one loaded model)."""
+        if window_s is not None:
+            self._window_s = max(0.0, window_s)
+        if max_batch_size is not None:
+            self._max_batch = max(1, max_batch_size)
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done() and not self._closed

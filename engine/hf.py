@@ -354,6 +354,10 @@ class HFEngine:
         self.adapters = tuple(cfg.adapters)
         self._decode_fn = _fast_decoder(tokenizer)
 
+    @property
+    def batcher(self) -> DynamicBatcher | None:
+        return self._batcher
+
     async def ready(self) -> bool:
         batcher = self._batcher
         return self.state == "ready" and batcher is not None and batcher.running and not batcher.full()

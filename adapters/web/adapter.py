@@ -194,6 +194,7 @@ class WebAdapter:
             "session_id": issued.session_id,
             "token": issued.token,
             "expires_at": issued.expires_at,
+            "ttl_s": self.cfg.token_ttl_s,
             "renewed": renewed,
             "max_message_chars": self.cfg.max_message_chars,
         })

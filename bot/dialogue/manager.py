@@ -9,8 +9,9 @@ turn that loses a race simply runs again; this module only decides.
 
 Routing a message, in order:
 
-1. Commands work everywhere: 重新开始 restarts at the entry node, 转人工 goes
-   to the handoff node; repeated anger goes to the anger node.
+1. Commands work everywhere: 重新开始 restarts at the entry node (even out of
+   a handoff), 转人工 goes to the handoff node; repeated anger goes to the
+   anger node. While a person has the conversation nothing else is answered.
 2. A ``collect`` node that asked a question takes the answer: a valid value
    fills the slot and moves on, an invalid one re-prompts up to ``retries``
    times, then ``on_fail``. Nothing else interrupts a collection.
@@ -44,7 +45,7 @@ from bot.answer import Answer, Answerer, StreamFn
 from bot.config import Config, DialogueConfig
 from bot.dialogue import handoff as handoffs
 from bot.dialogue.context import estimate_tokens, fit_history
-from bot.dialogue.graph import Graph, GraphError, Node, render
+from bot.dialogue.graph import Edge, Graph, GraphError, Node, render
 from bot.dialogue.handoff import HandoffNotifier
 from bot.dialogue.intent import IntentRecognizer, IntentResult
 from bot.dialogue.loader import load_graph
@@ -173,14 +174,15 @@ class DialogueManager:
         if turn.sentiment.angry:
             turn.data["anger"] = int(turn.data.get("anger", 0)) + 1
             log.info("angry message in %s (%s)", event.ref.key, ", ".join(turn.sentiment.terms))
-        if state.handed_off:  # a person has it: record the message for them, say nothing
+        command = self._command(turn.norm)
+        if state.handed_off and command != "restart":  # a person has it: record the message for them, say nothing
             return TurnResult(self._state(state, turn))
 
-        command = self._command(turn.norm)
-        if command == "restart":
+        if command == "restart":  # also leaves a handoff: a customer tired of waiting is never stuck
             turn.slots.clear()
-            for key in ("attempts", "anger"):
+            for key in ("attempts", "anger", "handoff"):
                 turn.data.pop(key, None)
+            turn.handed_off = False
             await self._run(turn, self.graph.entry, stream)
         elif command == "handoff":
             turn.handoff_reason = "requested"
@@ -259,7 +261,7 @@ class DialogueManager:
         else:
             self._say(turn, self._text("unknown", turn.lang), "unknown")
 
-    def _matches(self, edge, turn: _Turn) -> bool:
+    def _matches(self, edge: Edge, turn: _Turn) -> bool:
         if edge.kind == "default":
             return True
         if edge.kind == "intent":

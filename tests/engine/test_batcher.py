@@ -11,6 +11,7 @@ import pytest
 
 from engine.base import ChatMessage, EngineError, EngineOverloaded, GenerationRequest
 from engine.batcher import END, DynamicBatcher, EngineDeadlineExceeded, Slot, deliver
+from tests.engine.helpers import until
 
 
 def req(text: str, deadline: float | None = None) -> GenerationRequest:
@@ -72,14 +73,6 @@ async def make() -> AsyncIterator[object]:
         await b.close()
 
 
-async def until(cond: object, timeout: float = 5.0) -> bool:
-    """Poll a condition the worker thread makes true (no wall-clock assertions, just a generous bound)."""
-    end = time.monotonic() + timeout
-    while not cond() and time.monotonic() < end:  # type: ignore[operator]
-        await asyncio.sleep(0.005)
-    return bool(cond())  # type: ignore[operator]
-
-
 async def collect(b: DynamicBatcher, r: GenerationRequest) -> str:
     return "".join([d async for d in b.stream(r)])
 
@@ -136,7 +129,8 @@ async def test_expired_request_is_not_run(make) -> None:
     b = await make(model)
     with pytest.raises(EngineDeadlineExceeded):
         await collect(b, req("late", deadline=time.monotonic() - 1))
-    assert isinstance(EngineDeadlineExceeded("x"), EngineError) and isinstance(EngineDeadlineExceeded("x"), TimeoutError)
+    err = EngineDeadlineExceeded("x")
+    assert isinstance(err, EngineError) and isinstance(err, TimeoutError)
     assert model.batches == []
 
 

@@ -16,7 +16,7 @@ from bot.config import EngineConfig
 from engine.base import EngineError, EngineOverloaded, generate
 from engine.batcher import EngineDeadlineExceeded
 from engine.streaming import REPLACEMENT
-from tests.engine.helpers import ask
+from tests.engine.helpers import ask, until
 
 torch = pytest.importorskip("torch")
 from engine.hf import HFEngine  # noqa: E402
@@ -67,7 +67,8 @@ def test_tiny_model_is_a_real_qwen2_checkpoint(tiny_model: Path) -> None:
 async def test_greedy_generation_equals_plain_generate(hf_engine: HFEngine) -> None:
     for text in QUESTIONS:
         got = await generate(hf_engine, ask(text))
-        assert got == reference(hf_engine, text, None, 24)
+        # 24 tokens may end inside a character: the engine drops those bytes, decode() shows U+FFFD
+        assert got == reference(hf_engine, text, None, 24).rstrip(REPLACEMENT)
         assert got
 
 
@@ -93,7 +94,7 @@ async def test_chinese_streams_without_replacement_characters(engine_cfg: Callab
 
 
 async def test_mixed_adapter_batch_equals_individual_runs(engine_cfg: Callable[..., EngineConfig]) -> None:
-    engine = await started(engine_cfg(batch_window_ms=500.0, max_batch_size=16))
+    engine = await started(engine_cfg(max_batch_size=16))
     try:
         requests = [ask(q, a) for q in QUESTIONS for a in ("zh", "en", None)]
         batched = await asyncio.gather(*(generate(engine, r) for r in requests))
@@ -101,15 +102,13 @@ async def test_mixed_adapter_batch_equals_individual_runs(engine_cfg: Callable[.
         alone = [await generate(engine, r) for r in requests]
         assert list(engine.stats.batch_sizes)[-len(requests) :] == [1] * len(requests)
         assert batched == alone
-        by_adapter = {r.adapter: out for r, out in zip(requests, batched, strict=True) if r is not None}
-        assert len(set(batched)) > len(QUESTIONS)  # adapters change the answers
-        assert by_adapter  # (sanity)
+        assert len(set(batched)) > len(QUESTIONS)  # the adapters really change the answers
     finally:
         await engine.close()
 
 
 async def test_greedy_rows_stay_greedy_next_to_sampled_rows(engine_cfg: Callable[..., EngineConfig]) -> None:
-    engine = await started(engine_cfg(batch_window_ms=500.0))
+    engine = await started(engine_cfg())
     try:
         greedy = ask(QUESTIONS[1], "zh", temperature=0.0)
         sampled = [ask(QUESTIONS[0], None, temperature=1.0, top_p=0.8) for _ in range(3)]
@@ -121,10 +120,11 @@ async def test_greedy_rows_stay_greedy_next_to_sampled_rows(engine_cfg: Callable
 
 
 async def test_per_row_max_new_tokens_and_stop_strings(engine_cfg: Callable[..., EngineConfig]) -> None:
-    engine = await started(engine_cfg(batch_window_ms=500.0))
+    engine = await started(engine_cfg())
     try:
         long, short = await asyncio.gather(
-            generate(engine, ask(QUESTIONS[0], max_new_tokens=24)), generate(engine, ask(QUESTIONS[0], max_new_tokens=4))
+            generate(engine, ask(QUESTIONS[0], max_new_tokens=24)),
+            generate(engine, ask(QUESTIONS[0], max_new_tokens=4)),
         )
         assert engine.stats.batch_sizes[-1] == 2
         assert short and long.startswith(short) and len(short) < len(long)
@@ -159,8 +159,8 @@ async def test_closing_a_stream_frees_the_slot(engine_cfg: Callable[..., EngineC
         await engine.close()
 
 
-async def test_cancelled_row_stops_while_the_rest_of_the_batch_finishes(engine_cfg: Callable[..., EngineConfig]) -> None:
-    engine = await started(engine_cfg(batch_window_ms=500.0), ignore_eos=True)
+async def test_cancelled_row_stops_while_the_batch_finishes(engine_cfg: Callable[..., EngineConfig]) -> None:
+    engine = await started(engine_cfg(), ignore_eos=True)
     try:
         alone = await generate(engine, ask(QUESTIONS[2], "en", max_new_tokens=40))
         tokens_before = engine.stats.tokens
@@ -181,12 +181,10 @@ async def test_full_queue_raises_overloaded(engine_cfg: Callable[..., EngineConf
     try:
         assert engine._batcher is not None and engine._batcher._executor is not None
         engine._batcher._executor.submit(gate.wait, 10)  # the worker is busy with someone else's batch
-        first = asyncio.create_task(generate(engine, ask(QUESTIONS[0])))  # taken by the collector, waits
-        second = asyncio.create_task(generate(engine, ask(QUESTIONS[1])))  # waits in the queue
-        for _ in range(200):
-            if engine._batcher.full():
-                break
-            await asyncio.sleep(0.005)
+        first = asyncio.create_task(generate(engine, ask(QUESTIONS[0])))
+        assert await until(lambda: engine.stats.batches == 1)  # taken by the collector, waits for the worker
+        second = asyncio.create_task(generate(engine, ask(QUESTIONS[1])))
+        assert await until(lambda: engine._batcher is not None and engine._batcher.full())  # waits in the queue
         assert not await engine.ready()
         with pytest.raises(EngineOverloaded):
             await generate(engine, ask(QUESTIONS[2]))
@@ -213,7 +211,7 @@ async def test_missing_model_path_raises_engine_error(engine_cfg: Callable[..., 
 
 async def test_bad_adapter_path_raises_engine_error(engine_cfg: Callable[..., EngineConfig], tmp_path: Path) -> None:
     engine = HFEngine(engine_cfg(adapters={"zh": str(tmp_path / "nope")}))
-    with pytest.raises(EngineError, match="adapters.zh"):
+    with pytest.raises(EngineError, match=r"adapters\.zh"):
         await engine.start()
 
 

@@ -334,7 +334,7 @@
   var S = {
     token: null, sessionId: null, expiresAt: 0, maxChars: 2000,
     cursor: null,          // last SSE event id handled; sent as Last-Event-ID
-    starting: null, stream: null, backoff: 1000, retryTimer: null,
+    starting: null, stream: null, backoff: 1000, retryTimer: null, renewTimer: null,
     users: {},             // message id -> user row
     answers: {},           // message id -> {row, bubble, text, cps, streamed, final}
     replies: {},           // answer id -> row
@@ -518,9 +518,11 @@
 
   var flashTimer = null;
   function flash(text, ok) {
+    var atBottom = messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight < 40;
     notice.textContent = text;
     notice.classList.toggle("kf-ok", !!ok);
     notice.hidden = false;
+    if (atBottom) scrollDown(true); // the notice takes room from the messages; keep the newest in view
     clearTimeout(flashTimer);
     flashTimer = setTimeout(function () { notice.hidden = true; }, ok ? 2500 : 6000);
   }
@@ -575,6 +577,10 @@
       S.expiresAt = s.expires_at;
       S.maxChars = s.max_message_chars || S.maxChars;
       input.setAttribute("maxlength", String(S.maxChars));
+      // renew well before expiry, so a tab left open keeps its conversation
+      clearTimeout(S.renewTimer);
+      S.renewTimer = setTimeout(function () { session().catch(function () { /* retried on the next 401 */ }); },
+                                Math.min(Math.max(60, (s.ttl_s || 3600) * 0.8), 86400 * 20) * 1000);
       save(STORE_KEY, { token: s.token, session_id: s.session_id, open: S.open });
       return s;
     });

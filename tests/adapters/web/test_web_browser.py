@@ -37,6 +37,7 @@ def chromium() -> str:
 
 @pytest.fixture
 async def browser(chromium: str) -> AsyncIterator[Any]:
+    """Request it after ``web_server``: it then closes first, so no open stream holds the server's shutdown."""
     try:
         from playwright.async_api import async_playwright
     except ImportError:
@@ -80,7 +81,7 @@ async def ask(page: Any, text: str) -> Any:
 
 
 async def test_widget_end_to_end(
-    browser: Any, web_server: WebServerFactory, redis_url: str, key_prefix: str, artifacts_dir: Path
+    web_server: WebServerFactory, browser: Any, redis_url: str, key_prefix: str, artifacts_dir: Path
 ) -> None:
     server, adapter = await web_server({"state.url": redis_url, "state.key_prefix": key_prefix})
     ctx, page, problems = await open_page(browser, str(server.make_url("/")), viewport={"width": 1280, "height": 820})
@@ -183,7 +184,7 @@ async def test_widget_end_to_end(
         "() => document.querySelector('[data-kefu-widget]').shadowRoot"
         ".querySelectorAll('.kf-row.kf-bot[data-answer-id]').length > 0 && "
         "[...document.querySelector('[data-kefu-widget]').shadowRoot.querySelectorAll('.kf-bot .kf-bubble')]"
-        ".some(b => b.textContent.includes('59 元包邮'))", timeout=15_000)
+        ".some(b => b.textContent.includes('59 元') && b.textContent.includes('包邮'))", timeout=15_000)
     assert await page.locator(".kf-quick").count() == 0
 
     # a forged token is refused; the real one works
@@ -208,7 +209,7 @@ async def test_widget_end_to_end(
 
 
 async def test_widget_on_a_phone_in_english_with_rate_limit(
-    browser: Any, web_server: WebServerFactory, artifacts_dir: Path
+    web_server: WebServerFactory, browser: Any, artifacts_dir: Path
 ) -> None:
     server, _ = await web_server({"web.rate_per_session_per_min": 1})
     ctx, page, problems = await open_page(

@@ -126,3 +126,10 @@ async def test_a_handed_off_conversation_is_recorded_but_silent(services: Servic
     assert await talk.send("人呢") == []
     assert await talk.send(attachments=(Attachment(kind="image"),)) == []
     assert [t.text for t in talk.state.history][-2:] == ["人呢", "[attachment]"]
+
+
+async def test_restart_takes_a_waiting_customer_back_from_a_handoff(services: Services) -> None:
+    talk = Talk(manager(services, SIZE))
+    await talk.send("转人工")
+    assert await talk.send("重新开始") == ["您好"]
+    assert not talk.state.handed_off and "handoff" not in talk.state.data
