@@ -44,7 +44,7 @@ _FIELDS: dict[str, set[str]] = {
     "reply": _COMMON | {"text", "wait"},
     "collect": _COMMON | {"slot", "prompt", "pattern", "choices", "invalid", "retries", "on_fail", "transform"},
     "faq": _COMMON | {"faq_id", "wait"},
-    "llm": _COMMON | {"prompt", "adapter", "faq_first", "wait"},
+    "llm": _COMMON | {"prompt", "adapter", "faq_first", "faq_context", "wait"},
     "handoff": {"kind", "text", "reason", "quick_replies"},
     "end": {"kind", "text", "quick_replies"},
 }
@@ -120,6 +120,7 @@ class Node:
     faq_id: Text | None = None
     adapter: str | None = None
     faq_first: bool = True
+    faq_context: bool = True  # llm: give the model the closest FAQ entries as reference
     reason: str = ""
 
     @property
@@ -280,7 +281,7 @@ def _node(
     fields["quick_replies"] = tuple(
         t for t in (_text(q, f"{where} quick_replies", p, languages) for q in raw.get("quick_replies") or ()) if t
     )
-    for key in ("wait", "faq_first"):
+    for key in ("wait", "faq_first", "faq_context"):
         if key in raw:
             if not isinstance(raw[key], bool):
                 p.add(where, f"'{key}' must be true or false")

@@ -416,6 +416,7 @@ class DialogueManager:
             adapter=node.adapter,
             stream=stream,
             prefer_llm=not node.faq_first and engine is not None,
+            faq_context=node.faq_context,
         )
 
     def _history_budget(self, turn: _Turn, instructions: str) -> int:
