@@ -200,7 +200,7 @@ def quantization_section(args: argparse.Namespace, cfg: EngineConfig) -> None:
 
     texts = held_out_text(40)
     cuda = torch.cuda.is_available()
-    print(f"\n## Quantization (speed: batch of 16 x {args.max_new_tokens} tokens; quality: perplexity on held-out chats)")
+    print(f"\n## Quantization (speed: 16 x {args.max_new_tokens} tokens in one batch; quality: held-out perplexity)")
     base_cfg = cfg.model_copy(update={"adapters": {}, "max_batch_size": 64})
     rows: list[tuple[str, float | None, float | None, float | None, str]] = []
     if cuda:

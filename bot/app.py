@@ -42,6 +42,7 @@ def create_app(config: Config, services: Services | None = None) -> web.Applicat
         log.info("kefu-hub ready: channels %s, state %s, engine %s", [a.name for a in adapters],
                  config.state.url.split("@")[-1], config.engine.kind)
         yield
+        await services.hub.close()  # answer what was accepted while channels can still send
         for adapter in adapters:
             try:
                 await adapter.close()
@@ -49,7 +50,15 @@ def create_app(config: Config, services: Services | None = None) -> web.Applicat
                 log.exception("closing channel %s failed", adapter.name)
         await services.close()
 
+    async def end_long_requests(_app: web.Application) -> None:
+        """Before aiohttp waits for open handlers: end streams (SSE) so shutdown is not held up."""
+        for adapter in adapters:
+            shutdown = getattr(adapter, "shutdown", None)
+            if shutdown is not None:
+                await shutdown()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(end_long_requests)
     return app
 
 

@@ -446,9 +446,16 @@ class HFEngine:
             gen_cfg.min_new_tokens = max_new
 
         kwargs: dict[str, Any] = {}
+        scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.adapters:
-            kwargs["adapter_names"] = [r.slot.request.adapter or BASE_ADAPTER for r in rows]
-        with torch.inference_mode():
+            wanted = {r.slot.request.adapter for r in rows}
+            if len(wanted) > 1:  # peft splits each LoRA layer's input per adapter: same result, some overhead
+                kwargs["adapter_names"] = [r.slot.request.adapter or BASE_ADAPTER for r in rows]
+            elif (only := wanted.pop()) is None:
+                scope = model.disable_adapter()
+            elif model.active_adapter != only:  # one adapter for the whole batch: the plain (faster) LoRA path
+                model.set_adapter(only, inference_mode=True)
+        with torch.inference_mode(), scope:
             model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),

@@ -102,6 +102,10 @@ class WebAdapter:
     async def start(self) -> None:
         return None
 
+    async def shutdown(self) -> None:
+        """End open streams at once; browsers reconnect to another process."""
+        self._closing.set()
+
     async def close(self) -> None:
         self._closing.set()
         await self.events.close()

@@ -86,6 +86,8 @@
     ":host{all:initial;position:fixed;z-index:2147483000;bottom:0;right:0;left:auto;font-size:14px}",
     ":host([data-position=left]){left:0;right:auto}",
     "*,*::before,*::after{box-sizing:border-box}",
+    // inherited properties are set again here: a host page's "* {...!important}" reaches :host, never past it
+    ".kf{font-size:14px;font-weight:400;font-style:normal;letter-spacing:normal;word-spacing:normal;text-align:left;text-transform:none;text-indent:0;white-space:normal;visibility:visible;cursor:auto;direction:ltr}",
     ".kf{--kf-color:#1677ff;--kf-on-color:#fff;font-family:system-ui,-apple-system,'PingFang SC','Hiragino Sans GB','Microsoft YaHei','Noto Sans CJK SC','Source Han Sans SC',sans-serif;color:#1f2329;line-height:1.6;-webkit-font-smoothing:antialiased}",
     "button{font:inherit;color:inherit;cursor:pointer}",
     "svg{width:22px;height:22px;fill:none;stroke:currentColor;stroke-width:2;stroke-linecap:round;stroke-linejoin:round;flex:none}",

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
 
@@ -240,3 +242,58 @@ async def test_widget_on_a_phone_in_english_with_rate_limit(
     assert await failed.locator(".kf-retry").inner_text() == "Send again"
     assert problems == []
     await ctx.close()
+
+
+HOST_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Partner shop</title>
+<style>* {{ color: red !important; font-size: 40px !important; }} button {{ display: none !important; }}</style>
+</head><body><h1>Partner shop</h1>
+<script src="{hub}/widget.js" data-bot-url="{hub}" data-title="Help" data-lang="en" data-position="left"></script>
+</body></html>"""
+
+
+async def host_site(hub: dict[str, str]) -> TestServer:
+    """Another site (another origin) that embeds the widget, with hostile global CSS.
+    ``hub["url"]`` is read per request: the hub starts after this site, whose origin it must allow."""
+    app = web.Application()
+
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(text=HOST_PAGE.format(hub=hub["url"]), content_type="text/html")
+
+    app.router.add_get("/", page)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_widget_embedded_on_another_site(web_server: WebServerFactory, browser: Any) -> None:
+    hub: dict[str, str] = {}
+    allowed = await host_site(hub)
+    refused = await host_site(hub)
+    try:
+        partner = f"http://127.0.0.1:{allowed.port}"
+        server, _ = await web_server({"web.allowed_origins": f"[{partner}]"})
+        hub["url"] = f"http://127.0.0.1:{server.port}"
+
+        ctx, page, problems = await open_page(browser, partner + "/")
+        launcher = page.locator(".kf-launcher")
+        await launcher.click()  # the host page hides every button; not ours
+        assert await page.locator(".kf-title").inner_text() == "Help"
+        assert await page.locator(".kf-title").evaluate("e => getComputedStyle(e).fontSize") == "16px"
+        assert await page.locator(".kf-title").evaluate("e => getComputedStyle(e).color") != "rgb(255, 0, 0)"
+        box = await launcher.bounding_box()
+        assert box is not None and box["x"] < 100  # data-position="left"
+        answer = await ask(page, "如何重置密码？")  # cross-origin: preflights for Authorization and Last-Event-ID
+        assert "忘记密码" in await answer.locator(".kf-bubble").inner_text()
+        assert await answer.locator(".kf-bubble").evaluate("e => getComputedStyle(e).fontSize") == "14px"
+        assert problems == []
+        await ctx.close()
+
+        ctx, page, _ = await open_page(browser, f"http://127.0.0.1:{refused.port}/")
+        await page.locator(".kf-launcher").click()
+        notice = page.locator(".kf-notice")
+        await notice.wait_for(state="visible")
+        assert await notice.inner_text() == "Something went wrong with the connection. Please try again."
+        await ctx.close()
+    finally:
+        await allowed.close()
+        await refused.close()
