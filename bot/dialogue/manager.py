@@ -252,7 +252,9 @@ class DialogueManager:
             await self._answer_faq(turn, stream)
         elif here is not None and here.default is not None:
             await self._run(turn, here.default.to, stream)
-        elif candidates := self._candidates(turn):
+        elif self.answerer.engine is None and (candidates := self._candidates(turn)):
+            # Without a model, a clarifying question beats a guess; with one, the
+            # default route's LLM node answers from the FAQ context instead.
             self._counters.clarify.inc()
             labels = tuple(self.intents.by_name[n].label(turn.lang) for n in candidates)
             self._say(turn, self._text("clarify", turn.lang), "dialogue", labels)
