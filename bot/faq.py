@@ -9,6 +9,7 @@ phrasing. Below ``threshold`` the FAQ does not claim to know.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import jieba
 import numpy as np
+import sklearn
 import yaml
 from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -25,6 +27,7 @@ from bot.text import normalize
 jieba.setLogLevel(logging.WARNING)
 
 _CHAR_WEIGHT = 0.7
+_MAX_HITS = 10
 # Function words that make unrelated questions look alike ("…是什么", "怎么…").
 _STOPWORDS = frozenset(
     "的 了 吗 呢 吧 啊 呀 么 我 你 您 他 她 它 我们 你们 是 在 有 和 与 怎么 怎样 如何 什么 为什么 "
@@ -125,15 +128,22 @@ class FaqIndex:
         return cls(entries, threshold)
 
     def search(self, query: str, k: int = 3) -> list[FaqHit]:
-        if not normalize(query):
-            return []
-        char = (self._char_m @ self._char.transform([query]).T).toarray().ravel()
-        word = (self._word_m @ self._word.transform([query]).T).toarray().ravel()
+        """Best entries first. Results are cached: customers ask the same few
+        questions all day, and one turn may look the same text up twice."""
+        return list(self._ranked(normalize(query))[:k])
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - the index lives as long as the process
+    def _ranked(self, norm: str) -> tuple[FaqHit, ...]:
+        if not norm:
+            return ()
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            char = (self._char_m @ self._char.transform([norm]).T).toarray().ravel()
+            word = (self._word_m @ self._word.transform([norm]).T).toarray().ravel()
         scores = _CHAR_WEIGHT * char + (1 - _CHAR_WEIGHT) * word
         best = np.zeros(len(self.entries))
         np.maximum.at(best, self._owner_arr, scores)
-        order = np.argsort(-best)[:k]
-        return [FaqHit(self.entries[i], float(best[i])) for i in order if best[i] > 0]
+        order = np.argsort(-best)[:_MAX_HITS]
+        return tuple(FaqHit(self.entries[i], float(best[i])) for i in order if best[i] > 0)
 
     def best(self, query: str) -> FaqHit | None:
         """The top entry when it clears the confidence threshold."""

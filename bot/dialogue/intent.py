@@ -12,6 +12,7 @@ threshold the dialogue asks a clarifying question instead of guessing.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
+import sklearn
 import yaml
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -149,9 +151,11 @@ class IntentRecognizer:
                 best = (span, name)
         return best[1] if best else None
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - lives as long as the process; customers repeat themselves
     def classify(self, text: str) -> tuple[tuple[str, float], ...]:
         """Classifier probabilities, best first."""
-        probs = self._model.predict_proba(self._vectorizer.transform([text]))[0]
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            probs = self._model.predict_proba(self._vectorizer.transform([text]))[0]
         order = np.argsort(-probs)
         return tuple((self._classes[i], float(probs[i])) for i in order)
 
