@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel for the test environment; production images pick their CUDA build.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: run test lint bench faq-eval clean
+.PHONY: run test lint bench faq-eval docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(VENV)/.test-deps
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/hub.py
+
+docs: $(VENV)/.run-deps
+	$(BIN)/python scripts/config_table.py --write
 
 faq-eval: $(VENV)/.run-deps
 	$(BIN)/python -m bot faq-eval

@@ -1,4 +1,4 @@
-"""Print the README's configuration table from the typed config and the comments
+"""Print (or ``--write`` into README.md) the configuration table from the typed config and the comments
 in config/default.yaml, so the two never drift apart (a test checks the README)."""
 
 from __future__ import annotations
@@ -55,5 +55,19 @@ def table() -> str:
     return header + "\n" + "\n".join(rows(Config, "", comments()))
 
 
+START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
+
+
+def write_readme() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table()}\n{END}{tail}", encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(table())
+    if "--write" in sys.argv:
+        write_readme()
+    else:
+        print(table())
