@@ -245,7 +245,7 @@ def quantization_section(args: argparse.Namespace, cfg: EngineConfig) -> None:
             continue
         print(
             f"{label:<32}{speed:>10,.0f}{speed / ref[1]:>6.2f}x{mem:>13,.2f}{mem / ref[2]:>6.2f}x"
-            f"{ppl:>12.3f}{ppl / ref[3]:>6.3f}x  {note}"
+            f"{ppl:>12.4f}{ppl / ref[3]:>6.3f}x  {note}"
         )
 
 
@@ -259,7 +259,7 @@ async def _engine_quant(cfg: EngineConfig, args: argparse.Namespace) -> tuple[fl
         await run_load(engine, 16, 16, [None], args.max_new_tokens)  # warm-up
         speed = (await run_load(engine, 16, 32, [None], args.max_new_tokens)).tok_s
         mem = engine.model.get_memory_footprint() / 2**20
-        ppl = perplexity(engine.model, engine.tokenizer, held_out_text(40))
+        ppl = await engine.call(perplexity, engine.model, engine.tokenizer, held_out_text(40))
     finally:
         await engine.close()
     return speed, mem, ppl

@@ -8,8 +8,8 @@ runs in one dedicated thread so the event loop never blocks on the model.
 
 Lifecycle of a request: ``stream()`` puts a :class:`Slot` in a bounded queue
 (full: :class:`EngineOverloaded` at once). The collector takes the oldest slot,
-waits until ``batch_window`` after *its* arrival or until ``max_batch_size``
-slots are there, drops slots that were cancelled or whose deadline passed, and
+waits until ``batch_window`` after *its* arrival (less when arrivals stop) or
+until ``max_batch_size`` slots are there, drops slots that were cancelled or whose deadline passed, and
 hands the rest to ``run_batch``. Requests arriving meanwhile wait for the next
 batch. The worker thread reports text through :func:`deliver`, one
 ``call_soon_threadsafe`` per decoding step for the whole batch. A consumer that
@@ -124,6 +124,7 @@ class DynamicBatcher:
         queue_max: int,
         name: str = "engine",
         stats: BatchStats | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._window_s = max(0.0, window_s)
@@ -133,7 +134,8 @@ class DynamicBatcher:
         self.stats = stats or BatchStats()
         self._queue: asyncio.Queue[Slot] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | None = executor  # one thread: batches never overlap
+        self._own_executor = executor is None
         self._running: list[Slot] = []
         self._closed = False
 
@@ -144,7 +146,9 @@ class DynamicBatcher:
             return
         self._closed = False
         self._queue = asyncio.Queue(maxsize=self._queue_max)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self._name}-generate")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self._name}-generate")
+            self._own_executor = True
         self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"{self._name}-batcher")
 
     def configure(self, *, window_s: float | None = None, max_batch_size: int | None = None) -> None:
@@ -170,18 +174,18 @@ class DynamicBatcher:
         """Fail waiting requests, stop the running batch early, and join the worker thread."""
         self._closed = True
         closed = EngineError("engine closed")
+        for slot in self._running:
+            slot.cancelled = True  # the worker's stopping criteria ends generation at the next step
+            slot.put(closed)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for slot in self._running:
-            slot.cancelled = True  # the worker's stopping criteria ends generation at the next step
-            slot.put(closed)
         if self._queue is not None:
             while not self._queue.empty():
                 self._queue.get_nowait().put(closed)
-        if self._executor is not None:
+        if self._executor is not None and self._own_executor:
             executor, self._executor = self._executor, None
             await asyncio.to_thread(executor.shutdown, wait=True)
 
@@ -208,6 +212,8 @@ class DynamicBatcher:
         stop_at = None if request.deadline is None else loop.time() + (request.deadline - time.monotonic())
         try:
             while True:
+                if stop_at is not None and loop.time() >= stop_at:  # even with text waiting: it is too late
+                    raise EngineDeadlineExceeded("deadline passed while generating")
                 if slot.queue.empty():
                     try:
                         async with asyncio.timeout_at(stop_at):
@@ -263,19 +269,25 @@ class DynamicBatcher:
             self._fail(live, EngineError("generation ended without a result"))
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[Slot]:
-        """The oldest waiting slot plus whatever arrives within its window, up to max_batch_size."""
+        """The oldest waiting slot plus whatever arrives within its window, up to max_batch_size.
+
+        The window also closes once no request came for a quarter of it: a burst that has
+        arrived (the usual case under load) runs at once instead of idling out the window.
+        """
         assert self._queue is not None
         first = await self._queue.get()
         batch = [first]
         window_end = first.enqueued_at + self._window_s
+        quiet = max(0.001, self._window_s / 4)
         while len(batch) < self._max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
-            if window_end <= loop.time():
+            now = loop.time()
+            if window_end <= now:
                 break
             try:
-                async with asyncio.timeout_at(window_end):
+                async with asyncio.timeout_at(min(window_end, now + quiet)):
                     batch.append(await self._queue.get())
             except TimeoutError:
                 break

@@ -23,6 +23,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from bot.config import ROOT, EngineConfig
 from engine import prompt as prompts
 from engine.base import EngineError, GenerationRequest
 from engine.batcher import END, BatchStats, DynamicBatcher, EngineDeadlineExceeded, Item, Slot, deliver
-from engine.streaming import IncrementalDecoder
+from engine.streaming import ByteLevelDecoder, IncrementalDecoder, byte_level_table
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def _resolve_path(raw: str, *, base: Path | None = None) -> Path:
 @dataclass(eq=False, slots=True)
 class _Row:
     slot: Slot
-    decoder: IncrementalDecoder
+    decoder: ByteLevelDecoder | IncrementalDecoder
     max_new: int
     temperature: float
     top_p: float
@@ -263,26 +264,38 @@ class HFEngine:
         self._eos: frozenset[int] = frozenset()
         self._context = cfg.context_tokens
         self._batcher: DynamicBatcher | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._start_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._has_template = True
         self._decode_fn: Callable[[Sequence[int]], str] = str
+        self._byte_table: list[bytes | None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.state == "ready":
-            return
+        async with self._start_lock:  # a second caller waits for the first load instead of loading twice
+            if self.state != "ready":
+                await self._start()
+
+    async def _start(self) -> None:
         self.state = "loading"
         t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        # Load and generate on one thread: every thread that runs torch CPU ops gets its own OpenMP
+        # team, and idle teams spin; two of them on a 2-core box halved generate speed (bench/engine.py).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
         try:
-            await asyncio.to_thread(self._load)
-        except EngineError as exc:
-            self.state, self.error = "failed", str(exc)
-            raise
+            await loop.run_in_executor(self._executor, self._load)
         except Exception as exc:  # anything from from_pretrained/peft: the hub falls back to FAQ
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            if isinstance(exc, EngineError):
+                self.state, self.error = "failed", str(exc)
+                raise
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise EngineError(f"cannot load model from {self.cfg.model_path!r}: {self.error}") from exc
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         self._batcher = DynamicBatcher(
             self._run_batch,
             window_s=self.cfg.batch_window_ms / 1000.0,
@@ -290,6 +303,7 @@ class HFEngine:
             queue_max=self.cfg.queue_max,
             name="hf",
             stats=self.stats,
+            executor=self._executor,
         )
         await self._batcher.start()
         self.state = "ready"
@@ -327,9 +341,10 @@ class HFEngine:
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
         if quant is not None:
             kwargs["quantization_config"] = quant
+        if device.type == "cuda":  # load straight onto the GPU instead of through host memory
             kwargs["device_map"] = {"": device.index or 0}
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        if quant is None:
+        if device.type != "cuda":
             model.to(device)
         if cfg.adapters:
             from peft import PeftModel
@@ -353,6 +368,18 @@ class HFEngine:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.adapters = tuple(cfg.adapters)
         self._decode_fn = _fast_decoder(tokenizer)
+        self._byte_table = byte_level_table(tokenizer)  # None: not byte-level BPE, decode windows instead
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the generation thread, after any batch in flight.
+
+        Anything that touches the model (tests, benchmarks, evaluation) must go
+        through here: a stream ends as soon as its last token is out, while
+        ``generate`` may still be restoring adapter state on the worker thread.
+        """
+        if self._executor is None:
+            raise EngineError(f"hf engine is {self.state}")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     @property
     def batcher(self) -> DynamicBatcher | None:
@@ -366,6 +393,9 @@ class HFEngine:
         if self._batcher is not None:
             await self._batcher.close()
             self._batcher = None
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True)
         self.model = None
         self.tokenizer = None
         if self.state != "failed":
@@ -391,9 +421,13 @@ class HFEngine:
     # -- the worker thread ---------------------------------------------------------------------
 
     def prompt_ids(self, request: GenerationRequest, max_new: int) -> list[int]:
-        """Chat-template the request and fit it into the context left after ``max_new`` tokens."""
+        """Chat-template the request and fit it into the context left after ``max_new`` tokens.
+
+        The prompt always keeps at least half the context: an oversized max_new_tokens
+        shortens the answer's room (see ``_row``), not the question.
+        """
         messages = prompts.normalize(request.messages, self.cfg.system_prompt)
-        return prompts.fit(self._encode, messages, max(1, self._context - max_new))
+        return prompts.fit(self._encode, messages, max(self._context - max_new, self._context // 2, 1))
 
     def _encode(self, messages: list[prompts.Message]) -> list[int]:
         tok = self.tokenizer
@@ -403,13 +437,19 @@ class HFEngine:
             text = prompts.plain_template(messages)
         return list(tok(text, add_special_tokens=not self._has_template)["input_ids"])
 
-    def _row(self, slot: Slot) -> _Row:
+    def _row(self, slot: Slot) -> tuple[_Row, list[int]]:
         req, cfg = slot.request, self.cfg
-        max_new = max(1, min(req.max_new_tokens or cfg.max_new_tokens, self._context - 1))
+        wanted = req.max_new_tokens or cfg.max_new_tokens
+        ids = self.prompt_ids(req, wanted)
+        max_new = max(1, min(wanted, self._context - len(ids)))
         temperature = cfg.temperature if req.temperature is None else req.temperature
         top_p = cfg.top_p if req.top_p is None else req.top_p
-        decoder = IncrementalDecoder(self._decode_fn, cfg.stop)
-        return _Row(slot=slot, decoder=decoder, max_new=max_new, temperature=temperature, top_p=top_p)
+        decoder: ByteLevelDecoder | IncrementalDecoder
+        if self._byte_table is not None:
+            decoder = ByteLevelDecoder(self._byte_table, cfg.stop)
+        else:
+            decoder = IncrementalDecoder(self._decode_fn, cfg.stop)
+        return _Row(slot=slot, decoder=decoder, max_new=max_new, temperature=temperature, top_p=top_p), ids
 
     def _run_batch(self, slots: list[Slot]) -> None:
         """One left-padded ``generate`` for the whole batch (runs in the worker thread)."""
@@ -417,8 +457,9 @@ class HFEngine:
         model, tok, device = self.model, self.tokenizer, self.device
         if model is None:
             raise EngineError("engine closed")
-        rows = [self._row(s) for s in slots]
-        prompt_rows = [self.prompt_ids(r.slot.request, r.max_new) for r in rows]
+        built = [self._row(s) for s in slots]
+        rows = [row for row, _ in built]
+        prompt_rows = [ids for _, ids in built]
         width = max(map(len, prompt_rows))
         pad = tok.pad_token_id
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

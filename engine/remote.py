@@ -130,6 +130,8 @@ class RemoteEngine:
                         started = True
                         yield delta
                 return
+            except EngineError:  # deadline (also a TimeoutError), a 4xx, an error chunk: final
+                raise
             except (_Retryable, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if started:
                     raise EngineError(f"openai engine: stream broke after the first token: {exc!r}") from None
@@ -148,9 +150,12 @@ class RemoteEngine:
         """One HTTP exchange; raises _Retryable for anything that failed before the first token."""
         assert self._session is not None
         url = f"{self._base}/chat/completions"
+        headers = self._headers()
+        if request.request_id:
+            headers["X-Request-Id"] = request.request_id  # vLLM and most gateways log it
         try:
             async with asyncio.timeout(self._read_budget(request)):
-                resp = await self._session.post(url, json=body, headers=self._headers())
+                resp = await self._session.post(url, json=body, headers=headers)
         except TimeoutError:
             self._check_deadline(request, "while connecting")
             raise _Retryable(f"no response within {self.ocfg.timeout_s:g} s") from None

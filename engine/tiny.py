@@ -146,6 +146,19 @@ def build_tiny_model(
 ) -> Path:
     """Write a tiny Qwen2 chat model (+ LoRA adapters under ``out_dir/adapters/NAME``) and return its path."""
     import torch
+
+    threads = torch.get_num_threads()
+    # Tiny matrices: OpenMP threads only spin (10x slower on a busy box), and a team left behind in
+    # this thread would compete with the engine's generation thread afterwards.
+    torch.set_num_threads(1)
+    try:
+        return _build(out_dir, adapters, train_steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out_dir: str | Path, adapters: Sequence[str], train_steps: int, seed: int) -> Path:
+    import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
     out = Path(out_dir)
@@ -197,18 +210,7 @@ def build_tiny_model(
 
 
 def _train(model: Any, tokenizer: Any, texts: list[str], steps: int, batch: int = 16) -> None:
-    """A couple hundred AdamW steps so greedy output is text, not byte soup (about 5 s on 2 cores)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: OpenMP threads only spin, and on a busy machine 10x slower
-    try:
-        _train_loop(model, tokenizer, texts, steps, batch)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_loop(model: Any, tokenizer: Any, texts: list[str], steps: int, batch: int) -> None:
+    """A couple hundred AdamW steps so greedy output is text, not byte soup (about 5 s on one core)."""
     import torch
 
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
@@ -254,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--adapters", default="zh,en", help="comma-separated adapter names")
     parser.add_argument("--train-steps", type=int, default=200)
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     names = tuple(a for a in args.adapters.split(",") if a)
     path = build_tiny_model(args.out_dir, names, train_steps=args.train_steps)
     print(f"tiny model written to {path} (adapters: {', '.join(names) or 'none'})")

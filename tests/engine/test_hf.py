@@ -21,6 +21,8 @@ from tests.engine.helpers import ask, until
 torch = pytest.importorskip("torch")
 from engine.hf import HFEngine  # noqa: E402
 
+pytestmark = pytest.mark.slow  # loads the tiny model
+
 QUESTIONS = ("我的订单12345什么时候发货？", "保温杯坏了可以退货吗？", "Can I return the lamp?")
 
 
@@ -30,20 +32,27 @@ async def started(cfg: EngineConfig, **kwargs: Any) -> HFEngine:
     return engine
 
 
-def reference(engine: HFEngine, text: str, adapter: str | None, max_new: int) -> str:
-    """Plain model.generate + tokenizer.decode, outside the engine's batcher and streamer."""
-    req = ask(text, adapter)
-    ids = engine.prompt_ids(req, max_new)
-    with torch.inference_mode():
-        out = engine.model.generate(
-            input_ids=torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=max_new,
-            do_sample=False,
-            adapter_names=[adapter or "__base__"],
-        )
-    new = out[0, len(ids) :].tolist()
-    return engine.tokenizer.decode(new, skip_special_tokens=True)
+async def reference(engine: HFEngine, text: str, adapter: str | None, max_new: int) -> tuple[str, list[str]]:
+    """Plain model.generate + tokenizer.decode, outside the batcher and streamer (on the engine's thread).
+
+    Returns the decoded answer and each generated token decoded alone.
+    """
+
+    def run() -> tuple[str, list[str]]:
+        ids = engine.prompt_ids(ask(text, adapter), max_new)
+        with torch.inference_mode():
+            out = engine.model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new,
+                do_sample=False,
+                adapter_names=[adapter or "__base__"],
+            )
+        new = out[0, len(ids) :].tolist()
+        tok = engine.tokenizer
+        return tok.decode(new, skip_special_tokens=True), [tok.decode([t]) for t in new]
+
+    return await engine.call(run)
 
 
 def test_tiny_model_is_a_real_qwen2_checkpoint(tiny_model: Path) -> None:
@@ -68,7 +77,7 @@ async def test_greedy_generation_equals_plain_generate(hf_engine: HFEngine) -> N
     for text in QUESTIONS:
         got = await generate(hf_engine, ask(text))
         # 24 tokens may end inside a character: the engine drops those bytes, decode() shows U+FFFD
-        assert got == reference(hf_engine, text, None, 24).rstrip(REPLACEMENT)
+        assert got == (await reference(hf_engine, text, None, 24))[0].rstrip(REPLACEMENT)
         assert got
 
 
@@ -77,17 +86,12 @@ async def test_chinese_streams_without_replacement_characters(engine_cfg: Callab
     try:
         text = "保温杯坏了可以退货吗？"
         deltas = [d async for d in engine.stream(ask(text))]
-        ids = engine.prompt_ids(ask(text), 64)
         answer = "".join(deltas)
+        expected, pieces = await reference(engine, text, None, 64)
         assert len(deltas) > 3 and any("\u4e00" <= c <= "\u9fff" for c in answer)
         assert all(REPLACEMENT not in d for d in deltas)
-        assert answer == reference(engine, text, None, 64)
-        # the answer really contains characters split over several tokens (else this test proves little)
-        with torch.inference_mode():
-            out = engine.model.generate(
-                input_ids=torch.tensor([ids]), max_new_tokens=64, do_sample=False, adapter_names=["__base__"]
-            )
-        pieces = [engine.tokenizer.decode([t]) for t in out[0, len(ids) :].tolist()]
+        assert answer == expected
+        # the answer really has characters split over several tokens (else this test proves little)
         assert any(REPLACEMENT in p for p in pieces)
     finally:
         await engine.close()
@@ -221,13 +225,16 @@ async def test_unknown_adapter_is_refused(hf_engine: HFEngine) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
 async def test_quantization_on_cpu_warns_and_loads_unquantized(
-    engine_cfg: Callable[..., EngineConfig], caplog: pytest.LogCaptureFixture
+    engine_cfg: Callable[..., EngineConfig], caplog: pytest.LogCaptureFixture, quantization: str
 ) -> None:
     caplog.set_level(logging.WARNING, logger="engine.hf")
-    engine = await started(engine_cfg(quantization="nf4"))
+    engine = await started(engine_cfg(quantization=quantization))
     try:
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "quantization=nf4" in r.message]
+        warnings = [
+            r for r in caplog.records if r.levelno == logging.WARNING and f"quantization={quantization}" in r.message
+        ]
         assert warnings and "unquantized" in warnings[0].message
         modules = {type(m).__module__ for m in engine.model.modules()}
         assert not any("bitsandbytes" in m for m in modules)
@@ -246,3 +253,41 @@ async def test_ready_follows_the_lifecycle(engine_cfg: Callable[..., EngineConfi
     assert not await engine.ready() and engine.state == "closed"
     with pytest.raises(EngineError):
         await generate(engine, ask("你好"))
+
+
+async def test_deadline_passing_mid_stream_raises_and_stops_the_row(engine_cfg: Callable[..., EngineConfig]) -> None:
+    engine = await started(engine_cfg(), ignore_eos=True)
+    try:
+        stream = engine.stream(ask(QUESTIONS[0], max_new_tokens=400, deadline=time.monotonic() + 0.3))
+        assert await anext(stream)
+        await asyncio.sleep(0.35)  # a slow consumer: the deadline passes while text may still be waiting
+        with pytest.raises(EngineDeadlineExceeded):
+            async for _ in stream:
+                pass
+        assert await until(lambda: engine.batcher is not None and not engine.batcher._running)
+        assert engine.stats.tokens <= 400
+    finally:
+        await engine.close()
+
+
+async def test_close_fails_and_stops_a_running_batch(engine_cfg: Callable[..., EngineConfig]) -> None:
+    engine = await started(engine_cfg(), ignore_eos=True)
+    stream = engine.stream(ask(QUESTIONS[0], max_new_tokens=400))
+    assert await anext(stream)
+    await engine.close()  # returns only once the worker thread is done
+    with pytest.raises(EngineError, match="closed"):
+        async for _ in stream:
+            pass
+    assert engine.stats.tokens < 400 and engine.stats.early_stops == 1
+
+
+async def test_oversized_max_new_tokens_keeps_the_question(engine_cfg: Callable[..., EngineConfig]) -> None:
+    engine = await started(engine_cfg(), ignore_eos=True)
+    try:
+        req = ask(QUESTIONS[1], max_new_tokens=100_000)
+        prompt = await engine.call(engine.prompt_ids, req, 100_000)
+        assert len(prompt) == len(await engine.call(engine.prompt_ids, ask(QUESTIONS[1]), 24))  # not truncated
+        assert await generate(engine, req)
+        assert engine.stats.tokens == 512 - len(prompt)  # the answer gets the rest of the tiny model's context
+    finally:
+        await engine.close()

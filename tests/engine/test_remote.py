@@ -27,7 +27,7 @@ class FakeOpenAI:
 
     script: list[str] = field(default_factory=lambda: ["ok"])
     calls: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)  # case-insensitive CIMultiDicts
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def models(self, request: web.Request) -> web.Response:
@@ -36,7 +36,7 @@ class FakeOpenAI:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.calls.append(body)
-        self.headers.append(dict(request.headers))
+        self.headers.append(request.headers.copy())
         step = self.script[min(len(self.calls) - 1, len(self.script) - 1)]
         if step.isdigit():
             return web.json_response({"error": {"message": "busy"}}, status=int(step))
@@ -86,7 +86,7 @@ def remote(fake: tuple[FakeOpenAI, str]) -> Callable[..., RemoteEngine]:
     return make
 
 
-def req(adapter: str | None = None, deadline: float | None = None) -> GenerationRequest:
+def req(adapter: str | None = None, deadline: float | None = None, request_id: str = "") -> GenerationRequest:
     return GenerationRequest(
         messages=(
             ChatMessage("system", "你是客服。"),
@@ -97,6 +97,7 @@ def req(adapter: str | None = None, deadline: float | None = None) -> Generation
         max_new_tokens=50,
         temperature=0.2,
         deadline=deadline,
+        request_id=request_id,
     )
 
 
@@ -106,10 +107,10 @@ async def test_streams_deltas_and_sends_an_openai_request(fake, remote) -> None:
     await engine.start()
     try:
         assert await engine.ready()
-        deltas = [d async for d in engine.stream(req())]
+        deltas = [d async for d in engine.stream(req(request_id="turn-42"))]
         assert deltas == ANSWER
         body, headers = state.calls[0], state.headers[0]
-        assert headers["Authorization"] == "Bearer sk-test"
+        assert headers["Authorization"] == "Bearer sk-test" and headers["X-Request-Id"] == "turn-42"
         assert body["model"] == "qwen" and body["stream"] is True
         assert body["max_tokens"] == 50 and body["temperature"] == 0.2 and body["stop"] == ["用户："]
         assert body["messages"] == [
@@ -289,3 +290,18 @@ async def test_sse_parsing_handles_multiline_data_comments_and_errors() -> None:
     assert _delta('{"choices":[{"text":"legacy"}]}') == "legacy"
     with pytest.raises(EngineError, match="server error"):
         _delta('{"error":{"message":"model not found"}}')
+
+
+async def test_deadline_after_the_first_token_is_a_deadline_error(fake, remote) -> None:
+    state, _ = fake
+    state.script = ["slow_after_first"]
+    engine = remote(timeout_s=5.0, retries=3)
+    await engine.start()
+    got: list[str] = []
+    try:
+        with pytest.raises(EngineDeadlineExceeded):
+            async for delta in engine.stream(req(deadline=time.monotonic() + 0.3)):
+                got.append(delta)
+        assert got == ANSWER[:1] and len(state.calls) == 1
+    finally:
+        await engine.close()

@@ -57,6 +57,7 @@ def test_partial_stop_prefix_is_released_at_the_end() -> None:
     assert "".join(run(dec, b"done <E")) == "done <E"
 
 
+@pytest.mark.slow
 def test_real_tokenizer_stream_equals_full_decode(tiny_model: Path) -> None:
     """With the tiny BPE some characters take several tokens; deltas must still add up to decode()."""
     from transformers import AutoTokenizer
@@ -71,3 +72,26 @@ def test_real_tokenizer_stream_equals_full_decode(tiny_model: Path) -> None:
     deltas = run(IncrementalDecoder(decode), ids)
     assert "".join(deltas) == tok.decode(ids) == text
     assert all(REPLACEMENT not in d for d in deltas)
+
+
+@pytest.mark.slow
+def test_byte_level_fast_path_matches_the_generic_decoder(tiny_model: Path) -> None:
+    """Same deltas' concatenation as decode(), on real text and on random (often invalid) token soup."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from engine.streaming import ByteLevelDecoder, byte_level_table
+
+    tok = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    table = byte_level_table(tok)
+    assert table is not None and len(table) == len(tok)
+    decode = lambda xs: tok.decode(list(xs), skip_special_tokens=True)  # noqa: E731
+    rng = random.Random(0)
+    samples = [tok("您好，订单12345已发货。Thanks!<|im_end|>", add_special_tokens=False)["input_ids"]]
+    samples += [[rng.randrange(len(tok)) for _ in range(rng.randint(1, 40))] for _ in range(200)]
+    for ids in samples:
+        fast = run(ByteLevelDecoder(table, stop=["<END>"]), ids)
+        slow = run(IncrementalDecoder(decode, stop=["<END>"]), ids)
+        assert "".join(fast) == "".join(slow) == decode(ids).replace(REPLACEMENT, "").split("<END>")[0]
+        assert all(REPLACEMENT not in d for d in fast)
