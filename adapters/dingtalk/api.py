@@ -6,7 +6,8 @@ when its host is on ``dingtalk.webhook_hosts`` (https, except loopback hosts
 used by tests); otherwise a forged callback could make the hub call any URL.
 When it is refused, fails or has expired the reply goes through the OpenAPI,
 which needs an app access token: cached in the shared KV (Redis) so every
-process uses one token, refreshed by one caller at a time.
+process uses one token, refreshed by one caller at a time, and every send waits
+for the robot's send budget (both from :mod:`bot.state.shared`).
 """
 
 from __future__ import annotations
@@ -26,15 +27,13 @@ import aiohttp
 from bot.config import DingtalkConfig
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
+from bot.state.shared import SharedToken, WindowGate
 from bot.types import ConversationRef, Event
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _WEBHOOK_MARGIN_MS = 60_000  # treat a sessionWebhook as expired a minute early
-_TOKEN_MARGIN_S = 300
-_TOKEN_LOCK_S = 10.0
-_TOKEN_WAIT_STEPS = 100
 _MARKDOWN = re.compile(
     r"(^|\n)\s{0,3}(#{1,6}\s|[-*+]\s|\d+\.\s|>\s|```)"  # headings, lists, quotes, code fences
     r"|\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\s]+\)|!\[[^\]\n]*\]\([^)\s]+\)|`[^`\n]+`"  # bold, links, images, code
@@ -111,99 +110,6 @@ def webhook_payload(target: Target, text: str, markdown: bool) -> dict[str, Any]
     return {"msgtype": "text", "text": {"content": f"{mention} {text}" if mention else text}, "at": at}
 
 
-class RateGate:
-    """At most ``limit`` sends per window per robot, shared through the KV by every
-    process. Senders past the limit wait for the next window in FIFO order (the
-    asyncio lock is fair), so a burst is delayed, never dropped."""
-
-    def __init__(
-        self,
-        kv: SharedKV,
-        key: Callable[[int], str],
-        limit: int,
-        window_s: float = 60.0,
-        *,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.kv = kv
-        self.key = key
-        self.limit = limit
-        self.window_s = window_s
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        async with self._lock:
-            while True:
-                now = self._clock()
-                window = int(now // self.window_s)
-                if await self.kv.hit(self.key(window), self.window_s * 2) <= self.limit:
-                    return
-                delay = (window + 1) * self.window_s - now
-                log.info("DingTalk robot send rate reached; the next reply waits %.1fs", delay)
-                await self._sleep(max(delay, 0.001))
-
-
-class TokenCache:
-    """The app access token (/v1.0/oauth2/accessToken), shared through the KV."""
-
-    def __init__(
-        self,
-        cfg: DingtalkConfig,
-        http: Callable[[], aiohttp.ClientSession],
-        kv: SharedKV,
-        keys: Keys,
-    ) -> None:
-        self.cfg = cfg
-        self.http = http
-        self.kv = kv
-        self.key = keys.token(f"dingtalk:{cfg.app_key}")
-        self.lock_key = keys.lock(f"dingtalk-token:{cfg.app_key}")
-        self._local = asyncio.Lock()
-
-    async def get(self, stale: str | None = None) -> str:
-        """A valid token; ``stale`` is one the API just refused, so it is not reused."""
-        token = await self.kv.get(self.key)
-        if token and token != stale:
-            return token
-        async with self._local:
-            for _ in range(_TOKEN_WAIT_STEPS):
-                token = await self.kv.get(self.key)
-                if token and token != stale:
-                    return token
-                if await self.kv.set_nx(self.lock_key, "1", _TOKEN_LOCK_S):
-                    try:
-                        return await self._fetch()
-                    finally:
-                        await self.kv.delete(self.lock_key)
-                await asyncio.sleep(_TOKEN_LOCK_S / _TOKEN_WAIT_STEPS)  # another process is refreshing
-        raise DingtalkError("timed out waiting for another process to refresh the DingTalk access token")
-
-    async def _fetch(self) -> str:
-        url = self.cfg.api_base.rstrip("/") + "/v1.0/oauth2/accessToken"
-        body = {"appKey": self.cfg.app_key, "appSecret": self.cfg.app_secret}
-        try:
-            async with self.http().post(url, json=body) as resp:
-                data = await resp.json(content_type=None)
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DingtalkError(f"access token request failed: {exc!r}") from exc
-        token = data.get("accessToken") if isinstance(data, dict) else None
-        if status != 200 or not isinstance(token, str) or not token:
-            raise DingtalkError(f"access token refused: HTTP {status} {_brief(data)}")
-        expire_in = data.get("expireIn")
-        ttl = float(expire_in) if isinstance(expire_in, int | float) else 7200.0
-        await self.kv.set(self.key, token, max(60.0, ttl - _TOKEN_MARGIN_S))
-        log.info("DingTalk access token refreshed")
-        return token
-
-    async def forget(self, token: str) -> None:
-        if await self.kv.get(self.key) == token:
-            await self.kv.delete(self.key)
-
-
 def _brief(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False)[:300]
 
@@ -222,16 +128,18 @@ class DingtalkApi:
         self.cfg = cfg
         self.http = http
         self.robot_code = cfg.robot_code or cfg.app_key
-        self.tokens = TokenCache(cfg, http, kv, keys)
-        self.gate = RateGate(
-            kv, lambda w: keys.rate(f"dingtalk:{self.robot_code}:{w}"), cfg.send_rate_per_min,
-            clock=clock, sleep=sleep,
-        )
+        self.tokens = SharedToken(kv, keys.token(f"dingtalk:{cfg.app_key}"), keys.lock(f"dingtalk-token:{cfg.app_key}"),
+                                  self._fetch_token, timeout_error=DingtalkError)
+        self.gate = WindowGate(kv, keys.rate, cfg.send_rate_per_min, clock=clock, sleep=sleep)
         self._clock = clock
+
+    async def wait_send_rate(self) -> None:
+        """Wait for this robot's send budget (queued in order, never dropped)."""
+        await self.gate.wait(f"dingtalk:{self.robot_code}")
 
     async def send(self, target: Target, text: str, markdown: bool) -> str:
         """Send one message, waiting for the send rate; returns the route taken ("webhook" or "openapi")."""
-        await self.gate.wait()
+        await self.wait_send_rate()
         url = target.webhook
         if url:
             expires = target.webhook_expires_ms
@@ -285,6 +193,23 @@ class DingtalkApi:
         if target.staff_id in (data.get("flowControlledStaffIdList") or ()):
             raise DingtalkError(f"OpenAPI flow-controlled the message to {target.staff_id}")
 
+    async def _fetch_token(self) -> tuple[str, float]:
+        """The app access token (/v1.0/oauth2/accessToken) and its lifetime."""
+        url = self.cfg.api_base.rstrip("/") + "/v1.0/oauth2/accessToken"
+        body = {"appKey": self.cfg.app_key, "appSecret": self.cfg.app_secret}
+        try:
+            async with self.http().post(url, json=body) as resp:
+                data = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DingtalkError(f"access token request failed: {exc!r}") from exc
+        token = data.get("accessToken") if isinstance(data, dict) else None
+        if status != 200 or not isinstance(token, str) or not token:
+            raise DingtalkError(f"access token refused: HTTP {status} {_brief(data)}")
+        expire_in = data.get("expireIn")
+        log.info("DingTalk access token refreshed")
+        return token, float(expire_in) if isinstance(expire_in, int | float) else 7200.0
+
     async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """An OpenAPI call with the app token; a refused token is refreshed once."""
         url = self.cfg.api_base.rstrip("/") + path
@@ -301,7 +226,7 @@ class DingtalkApi:
             data = data if isinstance(data, dict) else {}
             if status == 401 or (status == 403 and "token" in str(data.get("code", "")).lower()):
                 if attempt == 1:
-                    await self.tokens.forget(token)
+                    await self.tokens.invalidate(token)
                     stale = token
                     continue
             if status >= 300:

@@ -105,7 +105,7 @@ class AiCard:
 
     async def _create(self) -> None:
         key = self.cfg.card_content_key
-        await self.api.gate.wait()  # a new card is a new message in the chat: it counts against the send rate
+        await self.api.wait_send_rate()  # a new card is a new message in the chat: it counts against the send rate
         await self.api.call("POST", "/v1.0/card/instances", {
             "cardTemplateId": self.cfg.card_template_id,
             "outTrackId": self.out_track_id,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from adapters.wecom.aibot import AibotEndpoint
-from adapters.wecom.api import AccessToken, AppClient, CallPolicy, MinuteGate, WecomApiError
+from adapters.wecom.api import AccessToken, AppClient, CallPolicy, WecomApiError
 from adapters.wecom.crypto import CallbackError, WecomCrypto
 from adapters.wecom.parse import AIBOT_TENANT, CHANNEL, MalformedMessage, app_event, envelope_encrypt, parse_json
 from adapters.wecom.render import render
@@ -25,6 +25,7 @@ from bot.config import WecomAppConfig, WecomConfig
 from bot.http import HttpError, read_body
 from bot.hub import Overloaded
 from bot.services import Services
+from bot.state.shared import WindowGate
 from bot.types import Event, EventKind, Reply, ReplyChunk
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class WecomAdapter:
                 raise ValueError(f"{where}: corp_id, token and aes_key are all needed for the callback")
             crypto = WecomCrypto(app.token, app.aes_key, app.corp_id, replay_window_s=cfg.replay_window_s)
             token = AccessToken(self.policy, services.kv, keys, cfg.api_base, app.corp_id, app.secret, app.agent_id)
-            gate = MinuteGate(services.kv, keys.rate, cfg.user_rate_per_min)
+            gate = WindowGate(services.kv, keys.rate, cfg.user_rate_per_min)
             self.apps[name] = WecomApp(name, crypto, AppClient(token, self.policy, gate, cfg.api_base, app.agent_id))
             if not (app.secret and app.agent_id):
                 log.warning("%s: no secret / agent_id, so answers cannot be sent", where)
@@ -79,7 +80,7 @@ class WecomAdapter:
             self.aibot = AibotEndpoint(crypto, services.hub, services.kv, keys, self.policy,
                                        stream_ttl_s=cfg.aibot_stream_ttl_s, event_wait_s=cfg.aibot_event_wait_s)
         if cfg.robot_key:
-            gate = MinuteGate(services.kv, keys.rate, cfg.robot_rate_per_min)
+            gate = WindowGate(services.kv, keys.rate, cfg.robot_rate_per_min)
             services.notifiers.append(RobotNotifier(self.policy, gate, cfg.api_base, cfg.robot_key))
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:

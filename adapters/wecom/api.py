@@ -2,8 +2,8 @@
 
 wechatpy's client blocks on ``requests``, so the few calls we need are made
 here. The access token lives in the shared KV (Redis in production) so every
-process uses the same one, and one process at a time refreshes it (a
-``SET NX`` lock), since each refresh invalidates the token others hold.
+process uses the same one, and one process at a time refreshes it, since each
+refresh invalidates the token others hold (:class:`bot.state.shared.SharedToken`).
 Secrets and tokens travel in query strings, so URLs are never logged.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +18,7 @@ import aiohttp
 
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
+from bot.state.shared import SharedToken, WindowGate
 from bot.text import split_utf8
 
 log = logging.getLogger(__name__)
@@ -27,8 +26,6 @@ log = logging.getLogger(__name__)
 TEXT_LIMIT_BYTES = 2048  # text and markdown app messages, group-robot text
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})  # invalid / expired access token: refetch and retry once
 RATE_ERRORS = frozenset({45009, 45033})  # API frequency / concurrency limits: back off and retry
-_LOCK_TTL_S = 10.0
-_POLL_S = 0.05
 
 Sleep = Callable[[float], Awaitable[None]]
 HttpFactory = Callable[[], aiohttp.ClientSession]
@@ -41,35 +38,6 @@ class WecomApiError(Exception):
         self.errmsg = errmsg
 
 
-class MinuteGate:
-    """At most ``limit`` calls per window for a name, counted in the shared KV
-    so every process obeys one budget; callers over it wait for the next
-    window (queued, never dropped)."""
-
-    def __init__(
-        self,
-        kv: SharedKV,
-        key: Callable[[str], str],
-        limit: int,
-        *,
-        window_s: float = 60.0,
-        clock: Callable[[], float] = time.time,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        self.kv = kv
-        self.key = key
-        self.limit = limit
-        self.window_s = window_s
-        self.clock = clock
-        self.sleep = sleep
-
-    async def wait(self, name: str) -> None:
-        while True:
-            now = self.clock()
-            window = int(now // self.window_s)
-            if await self.kv.hit(self.key(f"{name}:{window}"), self.window_s * 2) <= self.limit:
-                return
-            await self.sleep((window + 1) * self.window_s - now + 0.01)
 
 
 class CallPolicy:
@@ -109,53 +77,18 @@ class CallPolicy:
             await self.sleep(delay)
 
 
-class AccessToken:
-    """One app's access token, cached in the shared KV until shortly before it expires."""
+class AccessToken(SharedToken):
+    """One app's access token (``gettoken``), shared by every process through the KV."""
 
     def __init__(self, policy: CallPolicy, kv: SharedKV, keys: Keys, api_base: str, corp_id: str, secret: str,
                  agent_id: int) -> None:
+        name = f"wecom:{corp_id}:{agent_id}"
+        super().__init__(kv, keys.token(name), keys.lock(f"token:{name}"), self._fetch,
+                         timeout_error=lambda msg: WecomApiError(-1, msg, "gettoken"))
         self.policy = policy
-        self.kv = kv
         self.url = f"{api_base.rstrip('/')}/cgi-bin/gettoken"
         self.corp_id = corp_id
         self.secret = secret
-        name = f"wecom:{corp_id}:{agent_id}"
-        self.key = keys.token(name)
-        self.lock_key = keys.lock(f"token:{name}")
-        self._local = asyncio.Lock()  # one waiter per process; the KV lock covers the others
-
-    async def get(self) -> str:
-        if token := await self.kv.get(self.key):
-            return token
-        async with self._local:
-            if token := await self.kv.get(self.key):
-                return token
-            return await self._refresh()
-
-    async def invalidate(self, bad: str) -> None:
-        """Forget a token WeCom refused, unless another process already replaced it."""
-        if await self.kv.get(self.key) == bad:
-            await self.kv.delete(self.key)
-
-    async def _refresh(self) -> str:
-        owner = uuid.uuid4().hex
-        deadline = time.monotonic() + 2 * _LOCK_TTL_S
-        while True:
-            if await self.kv.set_nx(self.lock_key, owner, _LOCK_TTL_S):
-                try:
-                    if token := await self.kv.get(self.key):  # stored by the previous lock holder
-                        return token
-                    token, ttl = await self._fetch()
-                    await self.kv.set(self.key, token, ttl)
-                    return token
-                finally:
-                    if await self.kv.get(self.lock_key) == owner:
-                        await self.kv.delete(self.lock_key)
-            await asyncio.sleep(_POLL_S)
-            if token := await self.kv.get(self.key):
-                return token
-            if time.monotonic() > deadline:
-                raise WecomApiError(-1, "another process holds the refresh lock and stored no token", "gettoken")
 
     async def _fetch(self) -> tuple[str, float]:
         data = await self.policy.call("GET", self.url, "gettoken",
@@ -165,13 +98,13 @@ class AccessToken:
             raise WecomApiError(int(data.get("errcode") or -1), str(data.get("errmsg", "no access_token")), "gettoken")
         expires = float(data.get("expires_in") or 7200)
         log.info("fetched a WeCom access token for agent of corp %s (valid %.0fs)", self.corp_id, expires)
-        return token, max(60.0, expires - 300.0)  # renew five minutes early
+        return token, expires  # SharedToken renews it five minutes early
 
 
 class AppClient:
     """Active sends of one self-built app (``message/send``)."""
 
-    def __init__(self, token: AccessToken, policy: CallPolicy, gate: MinuteGate, api_base: str,
+    def __init__(self, token: SharedToken, policy: CallPolicy, gate: WindowGate, api_base: str,
                  agent_id: int) -> None:
         self.token = token
         self.policy = policy

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from adapters.wecom.api import TEXT_LIMIT_BYTES, CallPolicy, MinuteGate, WecomApiError
+from adapters.wecom.api import TEXT_LIMIT_BYTES, CallPolicy, WecomApiError
+from bot.state.shared import WindowGate
 from bot.text import split_utf8
 
 MARKDOWN_LIMIT_BYTES = 4096
@@ -18,7 +19,7 @@ MARKDOWN_LIMIT_BYTES = 4096
 class RobotNotifier:
     name = "wecom-robot"
 
-    def __init__(self, policy: CallPolicy, gate: MinuteGate, api_base: str, key: str) -> None:
+    def __init__(self, policy: CallPolicy, gate: WindowGate, api_base: str, key: str) -> None:
         self.policy = policy
         self.gate = gate
         self.url = f"{api_base.rstrip('/')}/cgi-bin/webhook/send"

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from adapters.dingtalk.api import (
     DingtalkApi,
-    RateGate,
+    DingtalkError,
     Target,
     has_markdown,
     markdown_title,
@@ -99,34 +99,43 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
-async def test_rate_gate_queues_past_the_limit_and_never_drops(redis_client: aioredis.Redis, key_prefix: str) -> None:
-    keys = Keys(key_prefix)
+def _paced_api(config: Config, redis_client: aioredis.Redis, key_prefix: str, clock: FakeClock) -> DingtalkApi:
+    def no_http() -> aiohttp.ClientSession:
+        raise AssertionError("waiting for the send rate makes no HTTP call")
+
+    kv = RedisKV(redis_client)
+    return DingtalkApi(config.dingtalk, no_http, kv, Keys(key_prefix), clock=clock, sleep=clock.sleep)
+
+
+async def test_send_rate_queues_past_the_limit_and_never_drops(
+    dingtalk_config: Callable[..., Config], redis_client: aioredis.Redis, key_prefix: str
+) -> None:
     clock = FakeClock(start=600.0 + 45.0)  # 15 s before the next minute
-    gate = RateGate(RedisKV(redis_client), lambda w: keys.rate(f"dingtalk:bot:{w}"), 2, clock=clock, sleep=clock.sleep)
+    api = _paced_api(dingtalk_config({"dingtalk.send_rate_per_min": 2}), redis_client, key_prefix, clock)
     passed: list[float] = []
 
     async def send() -> None:
-        await gate.wait()
+        await api.wait_send_rate()
         passed.append(clock())
 
     await asyncio.gather(*(send() for _ in range(5)))
     assert len(passed) == 5  # every reply went out
     assert passed == [645.0, 645.0, 660.0, 660.0, 720.0]  # two per minute, in order
     assert clock.sleeps == [15.0, 60.0]
+    assert await redis_client.get(Keys(key_prefix).rate(f"dingtalk:{APP_KEY}:11")) == "3"  # one budget per robot
 
 
-async def test_rate_gate_is_shared_between_processes(redis_client: aioredis.Redis, key_prefix: str) -> None:
-    keys = Keys(key_prefix)
+async def test_send_rate_is_shared_between_processes(
+    dingtalk_config: Callable[..., Config], redis_client: aioredis.Redis, key_prefix: str
+) -> None:
     clock = FakeClock(start=1200.0)
-    gates = [
-        RateGate(RedisKV(redis_client), lambda w: keys.rate(f"dingtalk:bot:{w}"), 3, clock=clock, sleep=clock.sleep)
-        for _ in range(2)
-    ]
-    for gate in gates:
-        await gate.wait()
-    await gates[0].wait()
+    config = dingtalk_config({"dingtalk.send_rate_per_min": 3})
+    apis = [_paced_api(config, redis_client, key_prefix, clock) for _ in range(2)]
+    for api in apis:
+        await api.wait_send_rate()
+    await apis[0].wait_send_rate()
     assert clock.sleeps == []
-    await gates[1].wait()  # the fourth send of the minute, from the other "process"
+    await apis[1].wait_send_rate()  # the fourth send of the minute, from the other "process"
     assert clock.sleeps == [60.0]
 
 
@@ -186,3 +195,13 @@ async def test_webhook_routes(api: DingtalkApi, fake_dingtalk: FakeDingTalk) -> 
     assert [name for name, _ in fake_dingtalk.webhook_calls] == ["ok", "broken"]  # localhost was never called
     sent = [json.loads(b["msgParam"])["content"] for _, b in fake_dingtalk.robot_sends]
     assert sent == ["过期", "不可信", "失败转 OpenAPI"]
+
+
+async def test_a_refresh_stuck_in_another_process_ends_in_a_dingtalk_error(
+    api: DingtalkApi, fake_dingtalk: FakeDingTalk, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    await redis_client.set(Keys(key_prefix).lock(f"dingtalk-token:{APP_KEY}"), "other-process", ex=60)
+    api.tokens.wait_s = 0.2
+    with pytest.raises(DingtalkError, match="another process"):
+        await api.send(Target("cidS", False, staff_id="u1"), "您好", markdown=False)
+    assert fake_dingtalk.token_requests == [] and fake_dingtalk.robot_sends == []

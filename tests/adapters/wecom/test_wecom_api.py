@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from adapters.wecom.api import AccessToken, AppClient, CallPolicy, MinuteGate, WecomApiError
+from adapters.wecom.api import AccessToken, AppClient, CallPolicy, WecomApiError
 from bot.state.keys import Keys
 from bot.state.kv import RedisKV
+from bot.state.shared import WindowGate
 
 from .fake_wecom import FakeWecom
 
@@ -61,6 +62,19 @@ async def test_gettoken_error_is_raised(fake_wecom: FakeWecom, redis_client, key
     assert "wrong" not in str(info.value)  # the secret never lands in logs or errors
 
 
+
+async def test_a_refresh_stuck_in_another_process_ends_in_a_wecom_error(
+        fake_wecom: FakeWecom, redis_client, key_prefix: str, http: aiohttp.ClientSession) -> None:
+    keys = Keys(key_prefix)
+    token = _token(fake_wecom, RedisKV(redis_client), keys, http)
+    await redis_client.set(keys.lock("token:wecom:corp:7"), "other-process", ex=60)
+    token.wait_s = 0.2
+    with pytest.raises(WecomApiError, match="another process") as info:
+        await token.get()
+    assert info.value.errcode == -1
+    assert fake_wecom.gettoken == []
+    assert await redis_client.get(keys.lock("token:wecom:corp:7")) == "other-process"  # not ours to release
+
 async def test_rate_limit_retries_then_gives_up(fake_wecom: FakeWecom, redis_client, key_prefix: str,
                                                http: aiohttp.ClientSession) -> None:
     kv, keys = RedisKV(redis_client), Keys(key_prefix)
@@ -70,7 +84,7 @@ async def test_rate_limit_retries_then_gives_up(fake_wecom: FakeWecom, redis_cli
         delays.append(s)
 
     policy = CallPolicy(lambda: http, 3, 0.5, sleep)
-    client = AppClient(_token(fake_wecom, kv, keys, http), policy, MinuteGate(kv, keys.rate, 30), fake_wecom.url, 7)
+    client = AppClient(_token(fake_wecom, kv, keys, http), policy, WindowGate(kv, keys.rate, 30), fake_wecom.url, 7)
     fake_wecom.send_script = [45009] * 10
     with pytest.raises(WecomApiError) as info:
         await client.send_text("u", "你好")
@@ -95,7 +109,8 @@ async def test_unreachable_server_is_retried_then_reported(redis_client, key_pre
     assert calls == 2
 
 
-async def test_minute_gate_queues_instead_of_dropping(redis_client, key_prefix: str) -> None:
+async def test_per_user_send_budget_queues_instead_of_dropping(fake_wecom: FakeWecom, redis_client, key_prefix: str,
+                                                               http: aiohttp.ClientSession) -> None:
     now = [1000.0]
     slept: list[float] = []
 
@@ -103,13 +118,17 @@ async def test_minute_gate_queues_instead_of_dropping(redis_client, key_prefix: 
         slept.append(s)
         now[0] += s
 
-    keys = Keys(key_prefix)
-    gate = MinuteGate(RedisKV(redis_client), keys.rate, 3, clock=lambda: now[0], sleep=sleep)
+    kv, keys = RedisKV(redis_client), Keys(key_prefix)
+    gate = WindowGate(kv, keys.rate, 3, clock=lambda: now[0], sleep=sleep)
+    client = AppClient(_token(fake_wecom, kv, keys, http), CallPolicy(lambda: http, 0, 0.0), gate, fake_wecom.url, 7)
     windows = []
-    for _ in range(7):
-        await gate.wait("agent:u")
+    for i in range(7):
+        await client.send_text("u", f"消息{i}")
         windows.append(int(now[0] // 60))
     assert windows == [16, 16, 16, 17, 17, 17, 18]  # three a minute, none lost
+    assert fake_wecom.texts() == [f"消息{i}" for i in range(7)]
     assert len(slept) == 2
-    await gate.wait("agent:other")  # another user has a budget of their own
+    assert await redis_client.get(keys.rate("wecom:7:u:18")) == "1"  # the budget is counted per agent and user
+    await client.send_text("other", "另一位")  # another user has a budget of their own
     assert len(slept) == 2
+
