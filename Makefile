@@ -24,6 +24,7 @@ run: $(VENV)/.run-deps
 	$(BIN)/python -m bot serve
 
 test: $(VENV)/.test-deps
+	$(BIN)/ruff check .
 	bash scripts/browser-deps.sh
 	bash scripts/with-redis.sh $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
