@@ -178,7 +178,7 @@ class DialogueConfig(_Section):
     intents_eval_path: str = "config/intents_eval.yaml"
     intent_threshold: float = Field(0.45, ge=0, le=1)  # below: no intent route, maybe a clarifying question
     clarify_floor: float = Field(0.15, ge=0, le=1)  # intents this likely are offered in the clarifying question
-    faq_strong: float = Field(0.8, ge=0, le=1)  # an FAQ match this close beats an intent route
+    faq_strong: float = Field(0.75, ge=0, le=1)  # an FAQ match this close beats an intent route
     history_tokens: int = Field(1024, gt=0)  # history budget for llm nodes (also capped by engine.context_tokens)
     anger_handoff: int = Field(2, ge=1)  # angry messages in a conversation before it goes to a person
     handoff_webhook_url: str = ""  # generic webhook told of every handoff (JSON {title, text})

@@ -27,6 +27,7 @@ from bot.text import normalize
 jieba.setLogLevel(logging.WARNING)
 
 _CHAR_WEIGHT = 0.7
+_ENTRY_WEIGHT = 0.4  # share of the score from the entry's phrasings taken together
 _MAX_HITS = 10
 # Function words that make unrelated questions look alike ("…是什么", "怎么…").
 _STOPWORDS = frozenset(
@@ -92,7 +93,26 @@ def _words(text: str) -> list[str]:
     return [w for w in jieba.lcut_for_search(normalize(text)) if w.strip() and w not in _STOPWORDS]
 
 
+class _View:
+    """Character n-grams plus jieba words, fitted on one set of documents."""
+
+    def __init__(self, docs: Sequence[str], char_ngrams: tuple[int, int]) -> None:
+        self.char = TfidfVectorizer(analyzer="char", ngram_range=char_ngrams, preprocessor=_content, sublinear_tf=True)
+        self.word = TfidfVectorizer(analyzer=_words, sublinear_tf=True)
+        self.char_m = self.char.fit_transform(docs)
+        self.word_m = self.word.fit_transform(docs)
+
+    def scores(self, norm: str) -> np.ndarray:
+        char = (self.char_m @ self.char.transform([norm]).T).toarray().ravel()
+        word = (self.word_m @ self.word.transform([norm]).T).toarray().ravel()
+        return _CHAR_WEIGHT * char + (1 - _CHAR_WEIGHT) * word
+
+
 class FaqIndex:
+    """Scores blend the best single phrasing of an entry (precise on close
+    rewordings) with all its phrasings as one document (robust when a short
+    query shares words with a phrasing of some other entry)."""
+
     def __init__(self, entries: Sequence[FaqEntry], threshold: float) -> None:
         if not entries:
             raise ValueError("the FAQ has no entries")
@@ -100,16 +120,14 @@ class FaqIndex:
         self.threshold = threshold
         self.by_id = {e.id: e for e in self.entries}
         texts: list[str] = []
-        self._owner: list[int] = []
+        owner: list[int] = []
         for i, e in enumerate(self.entries):
             for phrasing in (e.question, *e.paraphrases):
                 texts.append(phrasing)
-                self._owner.append(i)
-        self._owner_arr = np.asarray(self._owner)
-        self._char = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), preprocessor=_content, sublinear_tf=True)
-        self._word = TfidfVectorizer(analyzer=_words, sublinear_tf=True)
-        self._char_m = self._char.fit_transform(texts)
-        self._word_m = self._word.fit_transform(texts)
+                owner.append(i)
+        self._owner = np.asarray(owner)
+        self._phrasings = _View(texts, (1, 3))
+        self._documents = _View([" ".join((e.question, *e.paraphrases)) for e in self.entries], (1, 2))
 
     @classmethod
     def load(cls, path: str | Path, threshold: float) -> FaqIndex:
@@ -137,11 +155,11 @@ class FaqIndex:
         if not norm:
             return ()
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-            char = (self._char_m @ self._char.transform([norm]).T).toarray().ravel()
-            word = (self._word_m @ self._word.transform([norm]).T).toarray().ravel()
-        scores = _CHAR_WEIGHT * char + (1 - _CHAR_WEIGHT) * word
+            phrasing = self._phrasings.scores(norm)
+            document = self._documents.scores(norm)
         best = np.zeros(len(self.entries))
-        np.maximum.at(best, self._owner_arr, scores)
+        np.maximum.at(best, self._owner, phrasing)
+        best = (1 - _ENTRY_WEIGHT) * best + _ENTRY_WEIGHT * document
         order = np.argsort(-best)[:_MAX_HITS]
         return tuple(FaqHit(self.entries[i], float(best[i])) for i in order if best[i] > 0)
 
