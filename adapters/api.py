@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ from bot.types import ConversationRef, Event, EventKind, Reply
 
 _MAX_USER_ID = 128
 _MAX_OUTBOX = 50
+_MAX_OUTBOX_USERS = 10_000  # conversations with undelivered agent replies kept in memory
+
+log = logging.getLogger(__name__)
 
 
 class ApiAdapter:
@@ -48,7 +52,7 @@ class ApiAdapter:
         if not keys:
             return
         token = bearer_token(request)
-        if token is None or not any(hmac.compare_digest(token, k) for k in keys):
+        if token is None or not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
             raise HttpError(401, "unauthorized", "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
 
     async def chat(self, request: web.Request) -> web.Response:
@@ -96,11 +100,18 @@ class ApiAdapter:
         )
 
     async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
-        if event is not None and (fut := self._waiting.get(event.id)) is not None and not fut.done():
-            fut.set_result(tuple(replies))
+        if event is not None:
+            if (fut := self._waiting.get(event.id)) is not None and not fut.done():
+                fut.set_result(tuple(replies))
+            else:  # the caller gave up or went away; the answer is in the history
+                log.info("api request %s ended before its answer; not queued", event.id)
             return
         for reply in replies:  # proactive (an agent's answer): kept for the user's next request
-            self._outbox.setdefault(reply.to.key, deque(maxlen=_MAX_OUTBOX)).append(reply)
+            box = self._outbox.pop(reply.to.key, None) or deque(maxlen=_MAX_OUTBOX)
+            box.append(reply)
+            self._outbox[reply.to.key] = box  # most recent last
+            while len(self._outbox) > _MAX_OUTBOX_USERS:
+                self._outbox.pop(next(iter(self._outbox)))
 
 
 def _reply_json(reply: Reply) -> dict[str, object]:

@@ -8,9 +8,7 @@ import logging
 import re
 import sys
 
-from bot.config import Config, ConfigError, load_config
-
-_SECRET = re.compile(r"secret|token|key|password", re.IGNORECASE)
+from bot.config import SECRET_NAME, Config, ConfigError, load_config
 
 
 def _load(path: str | None) -> Config:
@@ -86,8 +84,11 @@ def _redact(data: object, key: str = "") -> object:
         return {k: _redact(v, k) for k, v in data.items()}
     if isinstance(data, list):
         return [_redact(v, key) for v in data]
-    if data and _SECRET.search(key) and key not in ("key_prefix", "max_new_tokens", "context_tokens"):
+    if data and SECRET_NAME.search(key) and key not in ("key_prefix", "max_new_tokens", "context_tokens"):
         return "***"
+    if isinstance(data, str) and "://" in data:  # redis://:password@host, webhook URLs with a key
+        data = re.sub(r"//[^@/]*@", "//***@", data)
+        return re.sub(r"([?&](?:key|token|access_token|secret)=)[^&]+", r"\1***", data)
     return data
 
 

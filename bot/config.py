@@ -252,7 +252,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_SECRET = re.compile(r"secret|token|key|password", re.IGNORECASE)
+SECRET_NAME = re.compile(r"secret|token|key|password", re.IGNORECASE)  # config keys never printed
 
 
 def _describe(err: ValidationError) -> str:
@@ -262,7 +262,7 @@ def _describe(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
-        shown = "(hidden)" if _SECRET.search(path) else repr(e.get("input"))
+        shown = "(hidden)" if SECRET_NAME.search(path) else repr(e.get("input"))
         lines.append(f"  {path}: {msg}; got {shown}")
     return "invalid configuration:\n" + "\n".join(lines)
 

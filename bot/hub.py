@@ -62,6 +62,7 @@ class Hub:
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closing = False
 
     def register(self, channel: str, sink: ReplySink) -> None:
         self._sinks[channel] = sink
@@ -74,6 +75,9 @@ class Hub:
         channel = event.ref.channel
         if channel not in self._sinks:
             raise ValueError(f"no channel registered as {channel!r}")
+        if self._closing:
+            self.metrics.events_rejected.labels(channel).inc()
+            raise Overloaded("shutting down")
         if self._pending >= self.cfg.max_pending:
             self.metrics.events_rejected.labels(channel).inc()
             raise Overloaded(f"{self._pending} events pending")
@@ -178,12 +182,13 @@ class Hub:
     async def update_state(self, key: str, change) -> DialogueState:
         """Apply ``change(state) -> state`` with compare-and-set, for out-of-turn
         updates such as an agent taking over or releasing a conversation."""
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
             state = await self.store.load(key)
             try:
                 return await self.store.save(change(state), expected_version=state.version)
             except VersionConflict:
                 self.metrics.state_conflicts.inc()
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise RuntimeError(f"could not update state of {key}")
 
     async def drain(self, within_s: float) -> bool:
@@ -196,11 +201,23 @@ class Hub:
             return False
 
     async def close(self, drain_s: float = 10.0) -> None:
-        if not await self.drain(drain_s):
-            log.warning("shutting down with %d events unanswered", self._pending)
+        """Refuse new events (platforms retry them), answer what was accepted,
+        and un-see whatever is still unanswered after ``drain_s`` so its
+        redelivery is taken instead of dropped as a duplicate."""
+        self._closing = True
+        if await self.drain(drain_s):
+            return
+        log.warning("shutting down with %d events unanswered; their redeliveries will be answered", self._pending)
         for task in list(self._drainers.values()):
             task.cancel()
         await asyncio.gather(*self._drainers.values(), return_exceptions=True)
+        for box in self._mailboxes.values():
+            for event in box:
+                try:
+                    await self.store.forget_seen(event.dedup_key)
+                except Exception:
+                    log.exception("could not un-see %s event %s", event.ref.channel, event.id)
+        self._mailboxes.clear()
 
     @property
     def pending(self) -> int:

@@ -6,7 +6,7 @@ import re
 import unicodedata
 
 _PUNCT = re.compile(r"[\s\u3000-\u303f\uff00-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65!-/:-@\[-`{-~“”‘’…—·]+")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def normalize(text: str) -> str:
@@ -17,7 +17,7 @@ def normalize(text: str) -> str:
 
 def detect_lang(text: str) -> str:
     """'zh' when the text has any CJK ideograph, 'en' when it is mostly Latin letters."""
-    if _CJK.search(text):
+    if CJK.search(text):
         return "zh"
     letters = sum(ch.isascii() and ch.isalpha() for ch in text)
     return "en" if letters >= 2 else "zh"

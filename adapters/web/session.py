@@ -81,7 +81,7 @@ class SessionTokens:
         if len(parts) != 4 or parts[0] != _VERSION or not _SESSION_ID.fullmatch(parts[1]) or not parts[2].isdigit():
             raise TokenError("invalid_token", "the session token is malformed")
         payload = ".".join(parts[:3])
-        if not hmac.compare_digest(self._sign(payload), parts[3]):
+        if not hmac.compare_digest(self._sign(payload).encode(), parts[3].encode("utf-8", "replace")):
             raise TokenError("invalid_token", "the session token signature does not match")
         expires_at = int(parts[2])
         if expires_at <= self._clock():

@@ -73,7 +73,7 @@ class WecomCrypto:
         if not (msg_signature and timestamp and nonce and encrypt):
             raise BadSignature("msg_signature, timestamp, nonce and the encrypted text are all required")
         expected = signature(self.token, timestamp, nonce, encrypt)
-        if not hmac.compare_digest(expected, msg_signature.lower()):
+        if not hmac.compare_digest(expected.encode(), msg_signature.lower().encode("utf-8", "replace")):
             raise BadSignature("signature does not match")
         if self.replay_window_s:
             try:

@@ -53,7 +53,7 @@ from bot.dialogue.sentiment import Sentiment, analyze
 from bot.metrics import Metrics
 from bot.notify import WebhookNotifier
 from bot.state import DialogueState, HistoryTurn
-from bot.text import detect_lang, normalize
+from bot.text import CJK, detect_lang, normalize
 from bot.turn import TurnResult
 from bot.types import Event, EventKind, Reply
 
@@ -70,7 +70,6 @@ _DEFAULT_TEXTS = {  # when the graph's `texts` does not say
     "clarify": {"zh": "请问您想咨询以下哪一类问题？", "en": "Which of these is your question about?"},
     "invalid": {"zh": "抱歉，您的回复格式不对，请再发送一次。", "en": "Sorry, that doesn't look right; try again."},
 }
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"\b[A-Za-z]+\b")  # whole alphabetic words: not the YD in YD2405120001
 
 
@@ -209,7 +208,7 @@ class DialogueManager:
         if not text:
             return previous or "zh"
         if detect_lang(text) != "en":
-            return "zh" if _CJK.search(text) else previous or "zh"
+            return "zh" if CJK.search(text) else previous or "zh"
         words = _WORD.findall(text)
         if previous is None:
             return "en" if words else "zh"

@@ -94,6 +94,10 @@ class StateStore(Protocol):
     async def first_seen(self, dedup_key: str) -> bool:
         """Record a platform message id; False when it was already seen."""
 
+    async def forget_seen(self, dedup_key: str) -> None:
+        """Undo ``first_seen`` for an event that will not be answered here, so the
+        platform's redelivery is taken (by this or another process)."""
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...

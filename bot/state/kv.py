@@ -25,8 +25,19 @@ class SharedKV(Protocol):
 
 
 class MemoryKV:
+    _SWEEP_INTERVAL_S = 60.0
+
     def __init__(self) -> None:
         self._data: dict[str, tuple[float, str]] = {}
+        self._next_sweep = 0.0
+
+    def _sweep(self) -> None:
+        """Rate windows and notices are written once and never read again:
+        drop expired keys now and then so memory stays bounded."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._SWEEP_INTERVAL_S
+            self._data = {k: v for k, v in self._data.items() if v[0] > now}
 
     def _live(self, key: str) -> str | None:
         item = self._data.get(key)
@@ -39,6 +50,7 @@ class MemoryKV:
         return self._live(key)
 
     async def set(self, key: str, value: str, ttl_s: float) -> None:
+        self._sweep()
         self._data[key] = (time.monotonic() + ttl_s, value)
 
     async def set_nx(self, key: str, value: str, ttl_s: float) -> bool:
@@ -51,6 +63,7 @@ class MemoryKV:
         self._data.pop(key, None)
 
     async def hit(self, key: str, window_s: float) -> int:
+        self._sweep()
         current = self._live(key)
         count = int(current or 0) + 1
         expires = self._data[key][0] if current is not None else time.monotonic() + window_s

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from bot.state.base import DialogueState, VersionConflict
 
+_SWEEP_INTERVAL_S = 60.0
+
 
 class MemoryStore:
     def __init__(self, idle_ttl_s: float, dedup_ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -17,6 +19,7 @@ class MemoryStore:
         self._states: dict[str, tuple[float, int, str]] = {}  # key -> (expires, version, json)
         self._seen: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        self._next_sweep = 0.0
 
     async def load(self, key: str) -> DialogueState:
         entry = self._states.get(key)
@@ -40,12 +43,23 @@ class MemoryStore:
 
     async def first_seen(self, dedup_key: str) -> bool:
         now = self._clock()
-        if len(self._seen) > 100_000:  # bounded: drop expired ids
-            self._seen = {k: t for k, t in self._seen.items() if t > now}
+        self._sweep(now)
         if self._seen.get(dedup_key, 0.0) > now:
             return False
         self._seen[dedup_key] = now + self._dedup_ttl
         return True
+
+    async def forget_seen(self, dedup_key: str) -> None:
+        self._seen.pop(dedup_key, None)
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired ids and conversations once per sweep interval, so a
+        long-running embedded hub does not grow without bound."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_INTERVAL_S
+        self._seen = {k: t for k, t in self._seen.items() if t > now}
+        self._states = {k: v for k, v in self._states.items() if v[0] > now}
 
     async def ping(self) -> bool:
         return True

@@ -57,6 +57,9 @@ class RedisStore:
     async def first_seen(self, dedup_key: str) -> bool:
         return bool(await self.client.set(self.keys.dedup(dedup_key), "1", nx=True, ex=self._dedup_s))
 
+    async def forget_seen(self, dedup_key: str) -> None:
+        await self.client.delete(self.keys.dedup(dedup_key))
+
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())

@@ -100,6 +100,8 @@ async def test_api_keys_require_bearer_auth() -> None:
         assert status == 401 and body["error"] == "unauthorized"
         status, _ = await post(server, '{"query": "如何重置密码"}', {"Authorization": "Bearer wrong"})
         assert status == 401
+        status, _ = await post(server, '{"query": "如何重置密码"}', {"Authorization": "Bearer sécret"})
+        assert status == 401  # a non-ASCII key is refused, not a 500
         status, body = await post(server, '{"query": "如何重置密码"}', {"Authorization": "Bearer secret-2"})
         assert status == 200 and body["answer"]
     finally:

@@ -150,3 +150,25 @@ async def test_two_processes_sharing_redis_lose_no_update(redis_url: str, key_pr
             if keys:
                 await c.delete(*keys)
             await c.aclose()
+
+
+async def test_closing_refuses_new_events_and_unsees_unanswered_ones() -> None:
+    store = MemoryStore(60, 86400)
+    hub, sink = make_hub(CountingHandler({"hang": asyncio.Event()}), store)
+    await hub.accept(event("1", text="hang"))
+    await hub.accept(event("2", text="queued"))
+    await hub.close(drain_s=0.05)
+    with pytest.raises(Overloaded):
+        await hub.accept(event("3"))
+    assert sink.delivered == []
+    # both redeliveries will be taken by the next process instead of dropped as duplicates
+    assert await store.first_seen(event("1").dedup_key) is True
+    assert await store.first_seen(event("2").dedup_key) is True
+
+
+async def test_closing_answers_what_was_accepted_first() -> None:
+    hub, sink = make_hub(CountingHandler())
+    for i in range(5):
+        await hub.accept(event(i))
+    await hub.close(drain_s=5)
+    assert [d[0] for d in sink.delivered] == [str(i) for i in range(5)]

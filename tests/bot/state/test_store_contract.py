@@ -108,3 +108,20 @@ async def test_redis_store_reports_unreachable() -> None:
     store = RedisStore.from_url("redis://127.0.0.1:1/0", Keys("x"), 60, 86400)
     assert await store.ping() is False
     await store.close()
+
+
+async def test_forget_seen_lets_a_redelivery_in(store: StateStore) -> None:
+    assert await store.first_seen("wecom:corp:msg-9") is True
+    await store.forget_seen("wecom:corp:msg-9")
+    assert await store.first_seen("wecom:corp:msg-9") is True
+
+
+async def test_memory_store_sweeps_expired_entries() -> None:
+    now = [1000.0]
+    store = MemoryStore(idle_ttl_s=30, dedup_ttl_s=86400, clock=lambda: now[0])
+    for i in range(100):
+        await store.save(DialogueState(key=f"k{i}"), expected_version=0)
+        await store.first_seen(f"m{i}")
+    now[0] += 86400 + 61
+    await store.first_seen("new")
+    assert len(store._states) == 0 and set(store._seen) == {"new"}
