@@ -44,6 +44,10 @@ class DingtalkError(Exception):
     """A DingTalk API call failed; the message says which and why."""
 
 
+class DingtalkMaybeSent(DingtalkError):
+    """A send broke off after the request may have arrived; not repeated elsewhere."""
+
+
 def has_markdown(text: str) -> bool:
     """Whether an answer is written in markdown (then it is sent as a markdown message)."""
     return bool(_MARKDOWN.search(text))
@@ -153,6 +157,8 @@ class DingtalkApi:
                 try:
                     await self._webhook(url, webhook_payload(target, text, markdown))
                     return "webhook"
+                except DingtalkMaybeSent:
+                    raise  # sending again through the OpenAPI could answer twice
                 except DingtalkError as exc:
                     log.warning("sessionWebhook reply failed (%s); using the OpenAPI", exc)
         await self._robot_send(target, text, markdown)
@@ -163,8 +169,10 @@ class DingtalkApi:
             async with self.http().post(url, json=payload) as resp:
                 data = await resp.json(content_type=None)
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientConnectorError, ValueError) as exc:
             raise DingtalkError(f"sessionWebhook call failed: {exc!r}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DingtalkMaybeSent(f"sessionWebhook call broke off, the reply may have arrived: {exc!r}") from exc
         errcode = data.get("errcode", 0) if isinstance(data, dict) else None
         if status != 200 or errcode not in (0, "0"):
             raise DingtalkError(f"sessionWebhook refused: HTTP {status} {_brief(data)}")

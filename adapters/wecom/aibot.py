@@ -155,7 +155,7 @@ class AibotEndpoint:
         await self.kv.delete(key)
         content = split_utf8(render([reply]), STREAM_LIMIT_BYTES)[0]
         data = await self.policy.call("POST", url, "aibot/response", params={},
-                                      json={"msgtype": "markdown", "markdown": {"content": content}})
+                                      json={"msgtype": "markdown", "markdown": {"content": content}}, once=True)
         if int(data.get("errcode") or 0) != 0:
             raise WecomApiError(int(data["errcode"]), str(data.get("errmsg", "")), "aibot/response")
 

@@ -50,9 +50,12 @@ class CallPolicy:
         self.sleep = sleep
 
     async def call(self, method: str, url: str, api: str, *, params: dict[str, str],
-                   json: dict[str, Any] | None = None) -> dict[str, Any]:
+                   json: dict[str, Any] | None = None, once: bool = False) -> dict[str, Any]:
         """The decoded JSON answer; WeCom-level errors other than rate limits are
-        returned for the caller to judge."""
+        returned for the caller to judge. ``once``: the call delivers something
+        (a message), so a failure after the request may have arrived (a timeout,
+        a dropped connection, a 5xx) is not retried: a customer would get the
+        answer twice. Connection refusals and rate limits are retried."""
         attempt = 0
         while True:
             try:
@@ -69,6 +72,8 @@ class CallPolicy:
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 reason = f"{type(exc).__name__}"
                 code = -1
+                if once and not isinstance(exc, aiohttp.ClientConnectorError):
+                    raise WecomApiError(code, f"{reason}; not retried, it may have been delivered", api) from exc
             if attempt >= self.retries:
                 raise WecomApiError(code, f"gave up after {attempt + 1} attempts: {reason}", api)
             delay = self.backoff_s * 2**attempt
@@ -129,7 +134,7 @@ class AppClient:
         while True:
             token = await self.token.get()
             data = await self.policy.call("POST", self.url, "message/send", params={"access_token": token},
-                                          json=payload)
+                                          json=payload, once=True)
             code = int(data.get("errcode") or 0)
             if code in TOKEN_ERRORS and not retried:
                 log.info("WeCom refused the access token (%d); fetching a new one", code)

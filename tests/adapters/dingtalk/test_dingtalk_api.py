@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from adapters.dingtalk.api import (
     DingtalkApi,
     DingtalkError,
+    DingtalkMaybeSent,
     Target,
     has_markdown,
     markdown_title,
@@ -205,3 +206,18 @@ async def test_a_refresh_stuck_in_another_process_ends_in_a_dingtalk_error(
     with pytest.raises(DingtalkError, match="another process"):
         await api.send(Target("cidS", False, staff_id="u1"), "您好", markdown=False)
     assert fake_dingtalk.token_requests == [] and fake_dingtalk.robot_sends == []
+
+
+async def test_a_webhook_reply_that_times_out_is_not_sent_again(
+    dingtalk_config: Callable[..., Config], redis_client: aioredis.Redis, key_prefix: str, fake_dingtalk: FakeDingTalk
+) -> None:
+    """DingTalk may have shown a reply whose answer never came back; the OpenAPI
+    must not send it a second time."""
+    fake_dingtalk.webhook_gate = asyncio.Event()  # the webhook hangs
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+        api = DingtalkApi(dingtalk_config().dingtalk, lambda: session, RedisKV(redis_client), Keys(key_prefix))
+        target = Target("cidS", False, staff_id="u1", webhook=fake_dingtalk.webhook("slow"), webhook_expires_ms=2**62)
+        with pytest.raises(DingtalkMaybeSent):
+            await api.send(target, "只发一次", markdown=False)
+    fake_dingtalk.webhook_gate.set()
+    assert fake_dingtalk.robot_sends == []

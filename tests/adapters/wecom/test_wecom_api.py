@@ -132,3 +132,17 @@ async def test_per_user_send_budget_queues_instead_of_dropping(fake_wecom: FakeW
     await client.send_text("other", "另一位")  # another user has a budget of their own
     assert len(slept) == 2
 
+
+
+async def test_a_send_that_times_out_is_not_repeated(fake_wecom: FakeWecom, redis_client, key_prefix: str) -> None:
+    """WeCom may have delivered a message whose answer never came back: sending
+    it again would show the customer the same answer twice."""
+    kv, keys = RedisKV(redis_client), Keys(key_prefix)
+    fake_wecom.send_gate = asyncio.Event()  # message/send hangs
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as http:
+        client = AppClient(_token(fake_wecom, kv, keys, http), CallPolicy(lambda: http, 3, 0.0), WindowGate(
+            kv, keys.rate, 30), fake_wecom.url, 7)
+        with pytest.raises(WecomApiError, match="not retried"):
+            await client.send_text("u", "你好")
+    fake_wecom.send_gate.set()
+    assert len(fake_wecom.sends) == 1
