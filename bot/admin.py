@@ -4,9 +4,14 @@ Registered only when ``admin.token`` is set (``BOT__ADMIN__TOKEN``), so an
 unconfigured hub answers 404 rather than exposing customer data.
 
 - ``GET /api/admin/conversations/{channel}/{user_id}``: the stored state.
-- ``DELETE`` the same path: erase everything stored about the conversation
-  (state and history, per-conversation keys such as feedback, and every key
-  listed in the user's erasure index), the right to erasure.
+- ``DELETE`` the same path: erase everything stored about the conversation,
+  the right to erasure: state and history; in Redis every per-conversation key
+  (``Keys.conversation_keys``: the web widget's event log, feedback votes,
+  WeCom response_url ...), every key listed in the user's erasure index
+  (``Keys.user_index``: markers named after the user, written by the web
+  adapter) and the conversation's records in the global feedback stream; in
+  memory mode whatever the channel's adapter holds in memory, through its
+  ``erase(ref)`` (the web adapter: event log and feedback).
 - ``POST /api/agent/reply`` ``{channel, user_id, text}``: a person answers
   through the customer's own channel; the conversation is taken over (the bot
   stays silent) and the answer is recorded in the history.
@@ -14,10 +19,14 @@ unconfigured hub answers 404 rather than exposing customer data.
 
 A conversation is addressed as on the platform: ``channel`` and ``user_id``,
 plus ``tenant`` (WeCom corp, DingTalk org) and ``conversation_id`` when it is
-not the user's own single chat. Limitation: erasing by user id reaches the
-user's single chats and the keys other modules index under the user; a group
-chat's shared history is erased only by naming its ``conversation_id``, which
-erases the whole group conversation.
+not the user's own single chat. A web visitor is addressed by the session
+id: ``/api/admin/conversations/web/{session_id}``. Limitations: erasing by user
+id reaches the user's single chats and the keys other modules index under the
+user; a group chat's shared history is erased only by naming its
+``conversation_id``, which erases the whole group conversation. Keys named
+after a user that no module indexes are not reached: WeCom's id-less
+platform events keep a 24 h dedup marker naming the user, and a memory-mode
+process keeps its dedup markers and rate counters until they expire.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _MAX_ID = 128
 _MAX_TEXT = 4000
+_SCAN_BATCH = 1000
 
 
 class AdminApi:
@@ -75,13 +85,38 @@ class AdminApi:
         ref = _ref({**request.query, **request.match_info})
         services = self.services
         await services.store.delete(ref.key)
-        deleted = 0
+        deleted = records = 0
         if services.redis is not None:
-            index = services.keys.user_index(ref.channel, ref.user_id)
+            keys = services.keys
+            index = keys.user_index(ref.channel, ref.user_id)
             indexed = await services.redis.smembers(index)
-            deleted = await services.redis.delete(*services.keys.conversation_keys(ref.key), *indexed, index)
-        log.info("erased conversation %s (%d keys)", ref.key, deleted)
-        return json_response({"erased": ref.key, "deleted_keys": deleted})
+            deleted = await services.redis.delete(*keys.conversation_keys(ref.key), *indexed, index)
+            records = await self._erase_stream_records(keys.feedback_stream(), ref.key)
+        try:
+            sink: ReplySink | None = services.hub.sink(ref.channel)
+        except KeyError:
+            sink = None
+        erase = getattr(sink, "erase", None)
+        if erase is not None:  # what the channel keeps in process memory (memory mode)
+            records += await erase(ref)
+        log.info("erased conversation %s (%d keys, %d records)", ref.key, deleted, records)
+        return json_response({"erased": ref.key, "deleted_keys": deleted, "deleted_records": records})
+
+    async def _erase_stream_records(self, stream: str, conversation_key: str) -> int:
+        """XDEL every entry of a shared stream whose ``conversation`` field is the conversation's key
+        (feedback records: adapters/web/feedback.py). A paged scan: an admin action, not a hot path."""
+        client = self.services.redis
+        assert client is not None
+        removed = 0
+        start = "-"
+        while True:
+            batch = await client.xrange(stream, min=start, max="+", count=_SCAN_BATCH)
+            mine = [entry_id for entry_id, fields in batch if fields.get("conversation") == conversation_key]
+            if mine:
+                removed += await client.xdel(stream, *mine)
+            if len(batch) < _SCAN_BATCH:
+                return removed
+            start = f"({batch[-1][0]}"
 
     # ------------------------------------------------------------------ agent
     async def agent_reply(self, request: web.Request) -> web.Response:

@@ -13,6 +13,10 @@ Answers never travel in HTTP responses: the hub's ``stream`` and ``deliver``
 append to the session's event log and every open SSE connection replays it,
 so a reconnect, a reload, a second tab or another gateway process all see
 the same ordered events once.
+
+When Redis (state, event log, rate counters) cannot be reached, every API
+call answers 503 ``unavailable`` with ``Retry-After``, which the widget shows
+as "busy" and offers to send again, rather than a bare 500.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from adapters.web.events import EventLog, MemoryEventLog, RedisEventLog, parse_event_id
+from adapters.web.events import EventLog, MemoryEventLog, RedisEventLog, parse_event_id, session_ref
 from adapters.web.feedback import RATINGS, FeedbackRecord, FeedbackStore, MemoryFeedbackStore, RedisFeedbackStore
 from adapters.web.origins import OriginPolicy
 from adapters.web.ratelimit import RateLimiter
@@ -49,6 +55,8 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _ANSWER_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 _MAX_CONTEXT = 500
 _FAKE_STREAM_PIECES = 8  # FAQ answers arrive whole; they still reach the widget as deltas, like LLM answers
+_MAX_STREAMED = 10_000  # turns whose delta counts this process remembers (turns that never deliver are forgotten)
+_UNAVAILABLE = (RedisError, OSError)  # Redis down or unreachable (redis-py raises its own errors, some OSError)
 _DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
              "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
 
@@ -80,7 +88,8 @@ class WebAdapter:
         else:
             self.events = MemoryEventLog(self.cfg.replay_events, idle)
             self.feedback = MemoryFeedbackStore()
-        self._streamed: dict[str, int] = {}  # hub event id -> deltas streamed by a turn running in this process
+        # hub event id -> deltas streamed by a turn running in this process, oldest turn first
+        self._streamed: OrderedDict[str, int] = OrderedDict()
         self._open_streams: dict[str, int] = {}  # session id -> SSE connections held by this process
         self._closing = asyncio.Event()
 
@@ -120,8 +129,13 @@ class WebAdapter:
                 raise _origin_refused(origin)
             cors = self.origins.cors_headers(origin)
             try:
-                await self.limits.check_ip(self._client_ip(request))
-                response = await handler(request)
+                try:
+                    await self.limits.check_ip(self._client_ip(request))
+                    response = await handler(request)
+                except _UNAVAILABLE as exc:
+                    log.warning("web %s %s: the shared store is unavailable (%s: %s)", request.method,
+                                request.path, type(exc).__name__, exc)
+                    raise _unavailable() from None
             except HttpError as exc:
                 exc.headers.update(cors)
                 raise
@@ -153,7 +167,31 @@ class WebAdapter:
 
     @staticmethod
     def _ref(session_id: str) -> ConversationRef:
-        return ConversationRef(channel=WebAdapter.name, conversation_id=session_id, user_id=session_id)
+        return session_ref(session_id)
+
+    async def _index(self, session_id: str, *keys: str) -> None:
+        """List keys named after the visitor that ``Keys.conversation_keys`` cannot find (dedup and handoff
+        markers, the session's rate counter) in the user's erasure index (Redis mode only)."""
+        client = self.services.redis
+        if client is None:
+            return
+        index = self.services.keys.user_index(self.name, session_id)
+        state = self.config.state  # dedup_ttl_s >= 24 h also covers the handoff notices (24 h)
+        ttl_ms = int(max(state.dedup_ttl_s, state.idle_ttl_s) * 1000) + 60_000  # outlives every key it lists
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.sadd(index, *keys)
+            pipe.pexpire(index, ttl_ms)
+            await pipe.execute()
+
+    async def erase(self, ref: ConversationRef) -> int:
+        """Right to erasure for what this process holds in memory (memory mode): the session's event log and
+        its feedback. In Redis mode the admin API erases everything through ``Keys`` and returns 0 here."""
+        removed = 0
+        if isinstance(self.events, MemoryEventLog):
+            removed += await self.events.erase(ref.conversation_id)
+        if isinstance(self.feedback, MemoryFeedbackStore):
+            removed += await self.feedback.erase(ref.key)
+        return removed
 
     # ------------------------------------------------------------------ static
     async def widget_js(self, _request: web.Request) -> web.StreamResponse:
@@ -228,7 +266,11 @@ class WebAdapter:
             text=text.strip(),
             context=(context or "")[:_MAX_CONTEXT] or None,
         )
+        keys = self.services.keys
+        await self._index(sid, keys.dedup(event.dedup_key), keys.handoff_notice(event.dedup_key),
+                          keys.rate(f"web:session:{sid}"))  # the last as adapters/web/ratelimit.py names it
         # Logged before the hub sees it, so the visitor's message always precedes its answer in the log.
+        # Redis errors here reach _api's wrapper: 503 "unavailable", nothing accepted.
         await self.events.append(sid, {"type": "user", "message_id": client_id, "text": event.text, "ts": time.time()})
         try:
             accepted = await self.services.hub.accept(event)
@@ -236,6 +278,12 @@ class WebAdapter:
             await self.events.append(sid, {"type": "failed", "message_id": client_id})
             raise HttpError(503, "overloaded", "the service is busy; please send the message again shortly",
                             {"Retry-After": "5"}) from None
+        except _UNAVAILABLE:
+            try:  # the message is logged but was not accepted: tell open windows it failed, if Redis allows
+                await self.events.append(sid, {"type": "failed", "message_id": client_id})
+            except _UNAVAILABLE:
+                pass
+            raise
         return json_response({"message_id": client_id, "duplicate": not accepted}, status=202)
 
     async def stream_events(self, request: web.Request) -> web.StreamResponse:
@@ -356,6 +404,8 @@ class WebAdapter:
         ))
         event = Event(id=f"{sid}:feedback:{uuid.uuid4().hex}", kind=EventKind.FEEDBACK, ref=ref, name=rating,
                       channel_data={"answer_id": aid})
+        await self._index(sid, self.services.keys.dedup(event.dedup_key),
+                          self.services.keys.handoff_notice(event.dedup_key))
         try:
             await self.services.hub.accept(event)  # lets the dialogue layer react (e.g. offer a human)
         except Overloaded:
@@ -381,9 +431,10 @@ class WebAdapter:
     # ------------------------------------------------------------------ hub side
     async def stream(self, chunk: ReplyChunk) -> None:
         """A token (or a few) of an answer being generated: one ``delta`` event."""
-        if len(self._streamed) > 10_000:  # turns that never delivered (shutdown): forget them
-            self._streamed.clear()
         self._streamed[chunk.in_reply_to] = self._streamed.get(chunk.in_reply_to, 0) + 1
+        self._streamed.move_to_end(chunk.in_reply_to)
+        while len(self._streamed) > _MAX_STREAMED:  # turns that never delivered (shutdown): forget the oldest
+            self._streamed.popitem(last=False)
         sid = chunk.to.conversation_id
         await self.events.append(sid, {
             "type": "delta",
@@ -419,6 +470,11 @@ class WebAdapter:
             })
         if event is not None and mid is not None:
             await self.events.append(event.ref.conversation_id, {"type": "done", "message_id": mid})
+
+
+def _unavailable() -> HttpError:
+    return HttpError(503, "unavailable", "the service is temporarily unavailable; please try again shortly",
+                     {"Retry-After": "5"})
 
 
 def _origin_refused(origin: str | None) -> HttpError:

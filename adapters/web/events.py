@@ -5,7 +5,9 @@ answers) is appended here with an id ``<ms>-<seq>`` that only grows, and an
 SSE connection replays the log after its ``Last-Event-ID``. A dropped
 connection therefore neither loses nor repeats anything, several tabs stay in
 step, and in Redis mode (a Redis Stream per session) the turn may run in one
-gateway process while the browser listens on another.
+gateway process while the browser listens on another. The Redis Stream is
+keyed by the session's conversation (``keys.web_events(ref.key)``), so the
+admin API's erasure finds it with the conversation's other keys.
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from bot.state.keys import Keys
+from bot.types import ConversationRef
 
 Entry = tuple[str, dict[str, Any]]  # (event id, event)
 
 _MAX_BLOCK_S = 2.0
 _REDIS_SOCKET_TIMEOUT_S = 5.0  # redis-py's default when the URL names none
 _EVENT_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+
+
+def session_ref(session_id: str) -> ConversationRef:
+    """The conversation a widget session is: one visitor, one chat, addressed by the session id."""
+    return ConversationRef(channel="web", conversation_id=session_id, user_id=session_id)
 
 
 def parse_event_id(raw: str) -> tuple[int, int]:
@@ -116,6 +124,12 @@ class MemoryEventLog:
         entries = self._log(session_id)[0]
         return entries[-1][0] if entries else "0-0"
 
+    async def erase(self, session_id: str) -> int:
+        """Forget a session's events (right to erasure); 1 when there were any."""
+        item = self._logs.pop(session_id, None)
+        self._touched.pop(session_id, None)
+        return 1 if item is not None and item[0] else 0
+
     async def close(self) -> None:
         self._logs.clear()
 
@@ -133,8 +147,11 @@ class RedisEventLog:
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout", _REDIS_SOCKET_TIMEOUT_S)
         self.block_s = min(_MAX_BLOCK_S, socket_timeout / 2) if socket_timeout else _MAX_BLOCK_S
 
+    def _key(self, session_id: str) -> str:
+        return self.keys.web_events(session_ref(session_id).key)
+
     async def append(self, session_id: str, event: dict[str, Any]) -> str:
-        key = self.keys.web_events(session_id)
+        key = self._key(session_id)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(key, {"d": json.dumps(event, ensure_ascii=False)}, maxlen=self.per_session, approximate=True)
             pipe.pexpire(key, self.ttl_ms)
@@ -153,7 +170,7 @@ class RedisEventLog:
 
     async def read(self, session_id: str, after: str, timeout_s: float) -> list[Entry]:
         parse_event_id(after)
-        key = self.keys.web_events(session_id)
+        key = self._key(session_id)
         deadline = time.monotonic() + timeout_s
         while True:
             block_s = min(self.block_s, max(0.001, deadline - time.monotonic()))
@@ -165,10 +182,10 @@ class RedisEventLog:
                 return []
 
     async def entries(self, session_id: str) -> list[Entry]:
-        return self._decode(await self.client.xrange(self.keys.web_events(session_id)))
+        return self._decode(await self.client.xrange(self._key(session_id)))
 
     async def last_id(self, session_id: str) -> str:
-        raw = await self.client.xrevrange(self.keys.web_events(session_id), count=1)
+        raw = await self.client.xrevrange(self._key(session_id), count=1)
         return raw[0][0] if raw else "0-0"
 
     async def close(self) -> None:

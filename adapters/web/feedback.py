@@ -6,13 +6,18 @@ meta, so training jobs and A/B evaluations read a self-contained record
 without joining against state that has expired. The latest vote per answer is
 also kept per conversation (``keys.feedback(conversation)``) so a reloaded
 widget shows the thumbs the visitor chose.
+
+Erasure: in Redis the admin API deletes the per-conversation hash (found
+through ``Keys.conversation_keys``) and the conversation's entries in the
+stream (matched on their ``conversation`` field); in memory mode
+:meth:`MemoryFeedbackStore.erase`, called through the web adapter.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -45,18 +50,32 @@ class FeedbackStore(Protocol):
 
 
 class MemoryFeedbackStore:
-    """Single-process mode: nothing outlives the process anyway (state is in memory too)."""
+    """Single-process mode: nothing outlives the process anyway (state is in memory too).
+    Bounded: the latest ratings are kept for the ``max_conversations`` most recently rated."""
 
-    def __init__(self, max_records: int = 10_000) -> None:
+    def __init__(self, max_records: int = 10_000, max_conversations: int = 10_000) -> None:
         self.records: deque[FeedbackRecord] = deque(maxlen=max_records)
-        self._latest: dict[str, dict[str, str]] = {}
+        self.max_conversations = max_conversations
+        self._latest: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     async def record(self, rec: FeedbackRecord) -> None:
         self.records.append(rec)
-        self._latest.setdefault(rec.conversation, {})[rec.answer_id] = rec.rating
+        latest = self._latest.setdefault(rec.conversation, {})
+        latest[rec.answer_id] = rec.rating
+        self._latest.move_to_end(rec.conversation)
+        while len(self._latest) > self.max_conversations:  # forget the conversation rated longest ago
+            self._latest.popitem(last=False)
 
     async def ratings(self, conversation: str) -> dict[str, str]:
         return dict(self._latest.get(conversation, {}))
+
+    async def erase(self, conversation: str) -> int:
+        """Forget a conversation's records and latest votes (right to erasure); returns how many of those went."""
+        kept = [r for r in self.records if r.conversation != conversation]
+        removed = len(self.records) - len(kept)
+        if removed:
+            self.records = deque(kept, maxlen=self.records.maxlen)
+        return removed + (1 if self._latest.pop(conversation, None) is not None else 0)
 
 
 class RedisFeedbackStore:

@@ -32,9 +32,10 @@ class Keys:
         """The latest one-shot WeCom AI-bot response_url of a conversation, for proactive replies."""
         return f"{self.prefix}:wecom:response_url:{{{conversation_key}}}"
 
-    def web_events(self, session_id: str) -> str:
-        """Stream of a web-widget session's messages and answer deltas, replayed to reconnecting browsers."""
-        return f"{self.prefix}:web:events:{session_id}"
+    def web_events(self, conversation_key: str) -> str:
+        """Stream of a web-widget conversation's messages and answer deltas, replayed to reconnecting browsers
+        (keyed by the conversation, not the session id, so erasure finds it with the other per-conversation keys)."""
+        return f"{self.prefix}:web:events:{{{conversation_key}}}"
 
     def feedback(self, conversation_key: str) -> str:
         return f"{self.prefix}:feedback:{{{conversation_key}}}"
@@ -43,7 +44,9 @@ class Keys:
         return f"{self.prefix}:feedback"
 
     def user_index(self, channel: str, user_id: str) -> str:
-        """Set of keys holding data about one user, for erasure."""
+        """Set of keys named after one user that :meth:`conversation_keys` cannot find (dedup and handoff
+        markers, rate counters), erased with the user. Written by the channel whose events create them: so far
+        only the web adapter (WeCom's id-less platform events still name the user in their dedup marker)."""
         return f"{self.prefix}:user:{channel}:{user_id}"
 
     def handoff_notice(self, dedup_key: str) -> str:

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.web.session import SessionTokens
+from adapters.web import adapter as web_adapter
+from adapters.web.session import SessionTokens, new_session_id
 from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
 
 from .conftest import SECRET, WebServerFactory, auth, new_session, read_sse
@@ -312,6 +313,54 @@ async def test_proactive_reply_reaches_the_stream(web_server: WebServerFactory, 
         (_, event), = await read_sse(stream, 1)
     assert event["type"] == "reply" and event["message_id"] is None and event["source"] == "agent"
     assert event["answer_id"].startswith("p")
+
+
+async def test_an_evicted_turn_is_the_oldest_not_one_still_streaming(
+    web_server: WebServerFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound on remembered turns the oldest is forgotten, never a turn still in flight: its
+    answer must not be sent again from offset 0 (the widget would restart it)."""
+    monkeypatch.setattr(web_adapter, "_MAX_STREAMED", 3)
+    server, adapter = await web_server()
+    sid = (await new_session(http, server))["session_id"]
+    live = Event(id=f"{sid}:live-0001", kind=EventKind.MESSAGE, ref=ref(sid), text="会员怎么退？")
+    await adapter.stream(ReplyChunk(live.ref, live.id, "会员", "会员"))
+    for n in range(6):  # other turns that never deliver (a shutdown), while the live one keeps streaming
+        await adapter.stream(ReplyChunk(live.ref, f"{sid}:stale-{n:04d}", "x", "x"))
+        await adapter.stream(ReplyChunk(live.ref, live.id, "会员" + "可" * (n + 1), "可"))
+    assert len(adapter._streamed) == 3 and live.id in adapter._streamed
+    assert f"{sid}:stale-0000" not in adapter._streamed
+    await adapter.deliver(live, [Reply(live.ref, "会员可退", in_reply_to=live.id, source="llm")])
+    deltas = [e for _, e in await adapter.events.entries(sid)
+              if e["type"] == "delta" and e["message_id"] == "live-0001"]
+    assert [d["offset"] for d in deltas] == [0, 2, 3, 4, 5, 6, 7]  # no synthetic restart at offset 0
+    assert live.id not in adapter._streamed
+
+
+async def test_redis_down_answers_503_the_widget_retries(
+    web_server: WebServerFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis unreachable: 503 ``unavailable`` with Retry-After (the widget shows "busy" and offers to
+    send again), never a 500, including when the message's event-log append is what fails."""
+    server, adapter = await web_server({"state.url": "redis://127.0.0.1:1/0"})
+    async with http.post(server.make_url("/api/web/session"), json={}) as resp:  # the per-address limit needs Redis
+        assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+        assert (await resp.json())["error"] == "unavailable"
+
+    async def no_limit(*_args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(adapter.limits, "check_ip", no_limit)  # so the request reaches the event log
+    monkeypatch.setattr(adapter.limits, "check_session", no_limit)
+    token = adapter.tokens.issue(new_session_id()).token
+    async with http.post(server.make_url("/api/web/messages"), json={"text": "你好", "client_id": "down-0001"},
+                         headers=auth(token)) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+        assert (await resp.json())["error"] == "unavailable"
+    for path in ("/api/web/history", "/api/web/stream"):
+        async with http.get(server.make_url(path), headers=auth(token)) as resp:
+            assert resp.status == 503 and (await resp.json())["error"] == "unavailable"
+    assert adapter.services.metrics.events_accepted.labels("web")._value.get() == 0
 
 
 # ---------------------------------------------------------------- history

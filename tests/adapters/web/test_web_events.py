@@ -60,7 +60,7 @@ async def test_redis_log_expires_with_the_conversation(redis_client: aioredis.Re
     keys = Keys(key_prefix)
     log = RedisEventLog(redis_client, keys, per_session=50, idle_ttl_s=600)
     await log.append(SID, {"n": 1})
-    assert 0 < await redis_client.pttl(keys.web_events(SID)) <= 600_000
+    assert 0 < await redis_client.pttl(keys.web_events(f"web::{SID}")) <= 600_000
 
 
 @pytest.mark.parametrize("raw", ["", "12", "a-1", "1-2-3", "1-2; DROP"])

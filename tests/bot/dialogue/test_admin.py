@@ -3,10 +3,16 @@ erasure of everything stored about a user, and input errors."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
+from adapters.web import WebAdapter
+from adapters.web.feedback import MemoryFeedbackStore
+from bot.app import SERVICES_KEY
 from bot.config import Config
 from bot.state.keys import Keys
 from tests.conftest import make_config, start_server
@@ -72,6 +78,93 @@ async def test_delete_erases_everything_stored_about_the_user(
         assert (await admin.state("uma"))[0] == 200  # nobody else's data
         again = await chat(http, server, "tess").say("我要退款")  # she can start afresh
         assert "订单号" in again["answer"]
+    finally:
+        await server.close()
+
+
+class Visitor:
+    """A web-widget visitor: a session, a question answered, a thumbs-down on the answer."""
+
+    def __init__(self, http: aiohttp.ClientSession, server: TestServer) -> None:
+        self.http = http
+        self.server = server
+        self.sid = self.token = self.client_id = ""
+
+    @property
+    def key(self) -> str:
+        return f"web::{self.sid}"
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with self.http.request(method, self.server.make_url(path), json=body, headers=headers) as r:
+            return r.status, await r.json()
+
+    async def ask_and_rate(self, client_id: str) -> None:
+        status, session = await self.call("POST", "/api/web/session", {})
+        assert status == 200
+        self.sid, self.token, self.client_id = session["session_id"], session["token"], client_id
+        hub = self.server.app[SERVICES_KEY].hub
+        status, _ = await self.call("POST", "/api/web/messages", {"text": "如何重置密码？", "client_id": client_id})
+        assert status == 202
+        await hub.drain(10)
+        status, body = await self.call("POST", "/api/web/feedback", {"answer_id": client_id, "rating": "down"})
+        assert status == 200, body
+        await hub.drain(10)  # the feedback event's turn too, so nothing writes after the erasure
+
+
+@pytest.mark.parametrize("mode", ["memory", "redis"])
+async def test_delete_erases_a_web_visitor_entirely(
+    http: aiohttp.ClientSession, redis_url: str, key_prefix: str, redis_client: aioredis.Redis, mode: str
+) -> None:
+    """State, the widget's event log (questions and answers), feedback votes and records, and the
+    markers named after the session: nothing of the erased visitor remains, the other visitor keeps all."""
+    overrides = {"admin.token": ADMIN_TOKEN, "web.session_secret": "test-secret-0123456789abcdef"}
+    if mode == "redis":
+        overrides |= {"state.url": redis_url, "state.key_prefix": key_prefix}
+    server = await start_server(make_config(overrides))
+    try:
+        services = server.app[SERVICES_KEY]
+        adapter = services.hub.sink("web")
+        assert isinstance(adapter, WebAdapter)
+        admin = Admin(http, server)
+        gone, kept = Visitor(http, server), Visitor(http, server)
+        await gone.ask_and_rate("gone-0001")
+        await kept.ask_and_rate("kept-0001")
+        for v in (gone, kept):
+            assert (await admin.state(v.sid, "web"))[0] == 200
+            assert len(await adapter.events.entries(v.sid)) > 3
+            assert await adapter.feedback.ratings(v.key) == {v.client_id: "down"}
+        if mode == "redis":
+            named = [k async for k in redis_client.scan_iter(match=f"{key_prefix}:*{gone.sid}*")]
+            assert any(":seen:" in k for k in named) and any(":rate:" in k for k in named)
+
+        status, body = await admin.request("DELETE", f"/api/admin/conversations/web/{gone.sid}")
+        assert status == 200 and body["erased"] == gone.key
+        if mode == "redis":  # event log, votes, index, 2 dedup markers, rate counter; the feedback stream entry
+            assert body["deleted_keys"] >= 6 and body["deleted_records"] == 1
+        else:  # the event log, the feedback record and the votes, all in memory
+            assert body["deleted_keys"] == 0 and body["deleted_records"] == 3
+
+        assert (await admin.state(gone.sid, "web"))[0] == 404
+        assert await adapter.events.entries(gone.sid) == []
+        assert await adapter.feedback.ratings(gone.key) == {}
+        if mode == "redis":
+            assert not [k async for k in redis_client.scan_iter(match=f"{key_prefix}:*{gone.sid}*")]
+            records = [f for _, f in await redis_client.xrange(services.keys.feedback_stream())]
+        else:
+            assert isinstance(adapter.feedback, MemoryFeedbackStore)
+            records = [{"conversation": r.conversation, "question": r.question} for r in adapter.feedback.records]
+        assert [r["conversation"] for r in records] == [kept.key]
+        status, hist = await gone.call("GET", "/api/web/history")
+        assert status == 200 and hist["messages"] == [] and hist["cursor"] == "0-0"
+
+        # the other visitor keeps everything
+        assert (await admin.state(kept.sid, "web"))[0] == 200
+        assert len(await adapter.events.entries(kept.sid)) > 3
+        assert await adapter.feedback.ratings(kept.key) == {"kept-0001": "down"}
+        status, hist = await kept.call("GET", "/api/web/history")
+        assert status == 200 and [m["role"] for m in hist["messages"]] == ["user", "assistant"]
+        assert hist["messages"][1]["feedback"] == "down"
     finally:
         await server.close()
 
