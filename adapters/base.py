@@ -27,3 +27,7 @@ class ChannelAdapter(Protocol):
 
     async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
         """Send a turn's replies; ``event`` is None for proactive messages."""
+
+    # Optional: ``async def erase(self, ref: ConversationRef) -> int`` forgets what the
+    # channel keeps in process memory about a conversation (right to erasure); the
+    # admin API calls it when present. Redis keys are erased centrally (bot/state/keys.py).
