@@ -56,8 +56,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+async def read_json_object(request: web.Request, limit: int, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (400 otherwise); ``optional``: an empty body is ``{}``."""
     body = await read_body(request, limit)
+    if optional and not body.strip():
+        return {}
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -40,7 +40,7 @@ from adapters.web.feedback import RATINGS, FeedbackRecord, FeedbackStore, Memory
 from adapters.web.origins import OriginPolicy
 from adapters.web.ratelimit import RateLimiter
 from adapters.web.session import SessionTokens, TokenError, WebSession, new_session_id
-from bot.http import HttpError, bearer_token, json_response, read_body, read_json_object
+from bot.http import HttpError, bearer_token, json_response, read_json_object
 from bot.hub import Overloaded
 from bot.services import Services
 from bot.state import DialogueState
@@ -213,16 +213,7 @@ class WebAdapter:
     async def session(self, request: web.Request) -> web.Response:
         """Renew the caller's session when its token is still good, else start a new one.
         An id without its token starts a new session: ids alone never open a conversation."""
-        body = await read_body(request, self.config.server.max_body_bytes)
-        data: dict[str, Any] = {}
-        if body.strip():
-            try:
-                parsed = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise HttpError(400, "invalid_json", f"body is not valid UTF-8 JSON: {exc}") from None
-            if not isinstance(parsed, dict):
-                raise HttpError(400, "invalid_json", "body must be a JSON object")
-            data = parsed
+        data = await read_json_object(request, self.config.server.max_body_bytes, optional=True)
         old = data.get("token")
         session_id = None
         if isinstance(old, str):
