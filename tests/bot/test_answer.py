@@ -4,54 +4,21 @@ the engine fails or is late, never an error to the customer."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bot.config import Config
 from tests.conftest import make_config, start_server
-
-
-class FakeOpenAI:
-    """A loopback chat-completions server; ``mode`` decides how it behaves."""
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.requests: list[dict] = []
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.complete)
-        app.router.add_get("/v1/models", self.models)
-        self.server = TestServer(app, host="127.0.0.1")
-
-    async def models(self, _request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "test"}]})
-
-    async def complete(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(await request.json())
-        if self.mode == "error":
-            return web.json_response({"error": "boom"}, status=500)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for piece in ["您好，", "这是", "模型的", "回答。"]:
-            if self.mode == "slow":
-                await asyncio.sleep(5)
-            chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-            await resp.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
+from tests.fakes.openai_server import FakeOpenAI
 
 
 @pytest.fixture
 async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.server.start_server()
-    yield fake
-    await fake.server.close()
+    async with FakeOpenAI(["您好，", "这是", "模型的", "回答。"], model="test") as fake:
+        yield fake
 
 
 def llm_config(base_url: str, deadline: float = 2.0) -> Config:
@@ -77,7 +44,7 @@ def fallbacks(server: TestServer, reason: str) -> float:
 
 
 async def test_unsure_faq_asks_the_model_with_faq_context(fake_openai: FakeOpenAI) -> None:
-    server = await start_server(llm_config(str(fake_openai.server.make_url("/v1"))))
+    server = await start_server(llm_config(fake_openai.base_url))
     try:
         status, body = await chat(server, "帮我看看这个保温杯能不能装开水")
         assert status == 200
@@ -93,8 +60,8 @@ async def test_unsure_faq_asks_the_model_with_faq_context(fake_openai: FakeOpenA
 
 
 async def test_engine_errors_fall_back_without_failing(fake_openai: FakeOpenAI) -> None:
-    fake_openai.mode = "error"
-    server = await start_server(llm_config(str(fake_openai.server.make_url("/v1"))))
+    fake_openai.script = ["500"]
+    server = await start_server(llm_config(fake_openai.base_url))
     try:
         status, body = await chat(server, "帮我看看这个保温杯能不能装开水")
         assert status == 200 and body["source"] in ("fallback", "unknown")
@@ -105,8 +72,8 @@ async def test_engine_errors_fall_back_without_failing(fake_openai: FakeOpenAI) 
 
 
 async def test_a_late_engine_gives_the_faq_answer_at_the_deadline(fake_openai: FakeOpenAI) -> None:
-    fake_openai.mode = "slow"
-    server = await start_server(llm_config(str(fake_openai.server.make_url("/v1")), deadline=0.5))
+    fake_openai.delay = 5
+    server = await start_server(llm_config(fake_openai.base_url, deadline=0.5))
     try:
         status, body = await chat(server, "帮我看看这个保温杯能不能装开水")
         assert status == 200

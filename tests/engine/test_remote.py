@@ -3,78 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from bot.config import EngineConfig, OpenAIConfig
 from engine.base import ChatMessage, EngineError, GenerationRequest, generate
 from engine.batcher import EngineDeadlineExceeded
 from engine.remote import RemoteEngine
+from tests.fakes.openai_server import FakeOpenAI
 
 ANSWER = ["您好，", "订单", "已发货", "。"]
 
 
-@dataclass
-class FakeOpenAI:
-    """Each POST takes the next behaviour from ``script`` (the last one repeats)."""
-
-    script: list[str] = field(default_factory=lambda: ["ok"])
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[Any] = field(default_factory=list)  # case-insensitive CIMultiDicts
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "qwen", "object": "model"}]})
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.calls.append(body)
-        self.headers.append(request.headers.copy())
-        step = self.script[min(len(self.calls) - 1, len(self.script) - 1)]
-        if step.isdigit():
-            return web.json_response({"error": {"message": "busy"}}, status=int(step))
-        if step == "stall":
-            await asyncio.sleep(30)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b": keep-alive comment\r\n\r\n")
-        pieces = ANSWER if step != "long" else ["字"] * 2000
-        try:
-            for i, piece in enumerate(pieces):
-                chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-                await resp.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\r\n\r\n".encode())
-                if step == "break" and i == 1:
-                    request.transport.close()  # type: ignore[union-attr]
-                    return resp
-                if step in ("long", "slow_after_first"):
-                    await asyncio.sleep(0.01 if step == "long" else 30)
-            await resp.write(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
-            await resp.write(b"data: [DONE]\n\n")
-        except ConnectionError:
-            self.disconnected.set()
-        except asyncio.CancelledError:  # aiohttp cancels the handler when the client goes away
-            self.disconnected.set()
-            raise
-        return resp
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeOpenAI, str]]:
-    state = FakeOpenAI()
-    app = web.Application()
-    app.router.add_get("/v1/models", state.models)
-    app.router.add_post("/v1/chat/completions", state.chat)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield state, str(server.make_url("/v1"))
-    await server.close()
+    async with FakeOpenAI(ANSWER, model="qwen") as state:
+        yield state, state.base_url
 
 
 @pytest.fixture
@@ -109,7 +56,7 @@ async def test_streams_deltas_and_sends_an_openai_request(fake, remote) -> None:
         assert await engine.ready()
         deltas = [d async for d in engine.stream(req(request_id="turn-42"))]
         assert deltas == ANSWER
-        body, headers = state.calls[0], state.headers[0]
+        body, headers = state.requests[0], state.headers[0]
         assert headers["Authorization"] == "Bearer sk-test" and headers["X-Request-Id"] == "turn-42"
         assert body["model"] == "qwen" and body["stream"] is True
         assert body["max_tokens"] == 50 and body["temperature"] == 0.2 and body["stop"] == ["用户："]
@@ -127,7 +74,7 @@ async def test_adapter_name_becomes_the_model(fake, remote) -> None:
     await engine.start()
     try:
         await generate(engine, req(adapter="zh-sales"))
-        assert state.calls[0]["model"] == "zh-sales"
+        assert state.requests[0]["model"] == "zh-sales"
     finally:
         await engine.close()
 
@@ -139,7 +86,7 @@ async def test_retries_after_503_before_the_first_token(fake, remote) -> None:
     await engine.start()
     try:
         assert await generate(engine, req()) == "".join(ANSWER)
-        assert len(state.calls) == 2
+        assert len(state.requests) == 2
     finally:
         await engine.close()
 
@@ -152,7 +99,7 @@ async def test_gives_up_after_the_configured_retries(fake, remote) -> None:
     try:
         with pytest.raises(EngineError, match="503"):
             await generate(engine, req())
-        assert len(state.calls) == 2
+        assert len(state.requests) == 2
     finally:
         await engine.close()
 
@@ -165,14 +112,14 @@ async def test_client_errors_are_not_retried(fake, remote) -> None:
     try:
         with pytest.raises(EngineError, match="400"):
             await generate(engine, req())
-        assert len(state.calls) == 1
+        assert len(state.requests) == 1
     finally:
         await engine.close()
 
 
 async def test_timeout_before_the_first_token(fake, remote) -> None:
     state, _ = fake
-    state.script = ["stall"]
+    state.script = ["hang"]
     engine = remote(timeout_s=0.2, retries=0)
     await engine.start()
     try:
@@ -184,19 +131,19 @@ async def test_timeout_before_the_first_token(fake, remote) -> None:
 
 async def test_a_silent_server_is_retried(fake, remote) -> None:
     state, _ = fake
-    state.script = ["stall", "ok"]
+    state.script = ["hang", "ok"]
     engine = remote(timeout_s=0.2, retries=1)
     await engine.start()
     try:
         assert await generate(engine, req()) == "".join(ANSWER)
-        assert len(state.calls) == 2
+        assert len(state.requests) == 2
     finally:
         await engine.close()
 
 
 async def test_no_retry_once_text_was_sent(fake, remote) -> None:
     state, _ = fake
-    state.script = ["break", "ok"]
+    state.script = ["break:2", "ok"]
     engine = remote(retries=3)
     await engine.start()
     got: list[str] = []
@@ -204,27 +151,27 @@ async def test_no_retry_once_text_was_sent(fake, remote) -> None:
         with pytest.raises(EngineError, match="after the first token"):
             async for delta in engine.stream(req()):
                 got.append(delta)
-        assert got == ANSWER[:2] and len(state.calls) == 1
+        assert got == ANSWER[:2] and len(state.requests) == 1
     finally:
         await engine.close()
 
 
 async def test_stall_after_the_first_token_is_an_error(fake, remote) -> None:
     state, _ = fake
-    state.script = ["slow_after_first"]
+    state.script = ["stall:1"]
     engine = remote(timeout_s=0.2, retries=3)
     await engine.start()
     try:
         with pytest.raises(EngineError, match=r"stalled|after the first token"):
             await generate(engine, req())
-        assert len(state.calls) == 1
+        assert len(state.requests) == 1
     finally:
         await engine.close()
 
 
 async def test_deadline_stops_waiting(fake, remote) -> None:
     state, _ = fake
-    state.script = ["stall"]
+    state.script = ["hang"]
     engine = remote(timeout_s=5.0, retries=3)
     await engine.start()
     try:
@@ -236,7 +183,7 @@ async def test_deadline_stops_waiting(fake, remote) -> None:
 
 async def test_closing_the_stream_disconnects_from_the_server(fake, remote) -> None:
     state, _ = fake
-    state.script = ["long"]
+    state.tokens, state.delay = ["字"] * 2000, 0.01
     engine = remote()
     await engine.start()
     try:
@@ -294,7 +241,7 @@ async def test_sse_parsing_handles_multiline_data_comments_and_errors() -> None:
 
 async def test_deadline_after_the_first_token_is_a_deadline_error(fake, remote) -> None:
     state, _ = fake
-    state.script = ["slow_after_first"]
+    state.script = ["stall:1"]
     engine = remote(timeout_s=5.0, retries=3)
     await engine.start()
     got: list[str] = []
@@ -302,6 +249,6 @@ async def test_deadline_after_the_first_token_is_a_deadline_error(fake, remote) 
         with pytest.raises(EngineDeadlineExceeded):
             async for delta in engine.stream(req(deadline=time.monotonic() + 0.3)):
                 got.append(delta)
-        assert got == ANSWER[:1] and len(state.calls) == 1
+        assert got == ANSWER[:1] and len(state.requests) == 1
     finally:
         await engine.close()

@@ -6,12 +6,10 @@ import asyncio
 import json
 from typing import Any
 
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-
 from adapters.wecom.aibot import stream_id
 from bot import messages
 from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
+from tests.fakes.openai_server import FakeOpenAI
 
 from .conftest import HubFactory
 from .fake_wecom import FakeWecom, Sender
@@ -135,27 +133,13 @@ async def test_llm_tokens_reach_the_stream_before_it_finishes(wecom_hub: HubFact
     the hub forwards them, WeCom's refreshes see them before ``finish``."""
     release = asyncio.Event()
 
-    async def models(_request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "qwen"}]})
+    async def pace(i: int) -> None:
+        if i == 1:
+            await release.wait()  # hold the rest until the test saw the first token
 
-    async def completions(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for i, piece in enumerate(["您好，", "周末活动", "请关注公告。"]):
-            if i == 1:
-                await release.wait()  # hold the rest until the test saw the first token
-            chunk = {"choices": [{"delta": {"content": piece}}]}
-            await resp.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    llm = web.Application()
-    llm.router.add_get("/v1/models", models)
-    llm.router.add_post("/v1/chat/completions", completions)
-    server = TestServer(llm, host="127.0.0.1")
-    await server.start_server()
+    llm = await FakeOpenAI(["您好，", "周末活动", "请关注公告。"], pace=pace, model="qwen").start()
     try:
-        hub = await wecom_hub({"engine.kind": "openai", "engine.openai.base_url": str(server.make_url("/v1")),
+        hub = await wecom_hub({"engine.kind": "openai", "engine.openai.base_url": llm.base_url,
                                "engine.openai.model": "qwen", "faq.threshold": 0.99})  # the model answers
         status, first = await hub.post_aibot(text_msg("m9", "下周末门店有什么线下活动安排吗"))
         assert status == 200 and first is not None
@@ -174,4 +158,4 @@ async def test_llm_tokens_reach_the_stream_before_it_finishes(wecom_hub: HubFact
         assert done["stream"] == {"id": sid, "finish": True, "content": "您好，周末活动请关注公告。"}
     finally:
         release.set()
-        await server.close()
+        await llm.close()

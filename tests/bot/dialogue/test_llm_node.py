@@ -4,7 +4,6 @@ is an OpenAI-compatible server faked on loopback (an external API)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bot.dialogue.context import estimate_tokens
 from tests.conftest import make_config, start_server
+from tests.fakes.openai_server import FakeOpenAI
 
 from .helpers import chat
 
@@ -39,49 +38,20 @@ GRAPH = {
 }
 
 
-class FakeOpenAI:
-    """Records chat-completion requests and streams a fixed answer."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.server: TestServer | None = None
-
-    async def models(self, _request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "base"}]})
-
-    async def complete(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for piece in ("好的，", "模型回答。"):
-            chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
-            await resp.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-
 @pytest.fixture
 async def model() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    app = web.Application()
-    app.router.add_get("/v1/models", fake.models)
-    app.router.add_post("/v1/chat/completions", fake.complete)
-    fake.server = TestServer(app, host="127.0.0.1")
-    await fake.server.start_server()
-    yield fake
-    await fake.server.close()
+    async with FakeOpenAI(["好的，", "模型回答。"], model="base") as fake:
+        yield fake
 
 
 @pytest.fixture
 async def server(model: FakeOpenAI, tmp_path: Path) -> AsyncIterator[TestServer]:
     path = tmp_path / "dialogue.yaml"
     path.write_text(yaml.safe_dump(GRAPH, allow_unicode=True), encoding="utf-8")
-    assert model.server is not None
     config = make_config({
         "dialogue.path": str(path),
         "engine.kind": "openai",
-        "engine.openai.base_url": str(model.server.make_url("/v1")),
+        "engine.openai.base_url": model.base_url,
         "engine.context_tokens": 900,
         "engine.max_new_tokens": 100,
         "dialogue.history_tokens": 400,
