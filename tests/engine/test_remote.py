@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -25,12 +25,20 @@ async def fake() -> AsyncIterator[tuple[FakeOpenAI, str]]:
 
 
 @pytest.fixture
-def remote(fake: tuple[FakeOpenAI, str]) -> Callable[..., RemoteEngine]:
-    def make(**openai: Any) -> RemoteEngine:
-        opts = {"base_url": fake[1], "api_key": "sk-test", "model": "qwen", "timeout_s": 5.0, "retry_backoff_s": 0.01}
-        return RemoteEngine(EngineConfig(kind="openai", stop=["用户："], openai=OpenAIConfig(**(opts | openai))))
+async def remote(fake: tuple[FakeOpenAI, str]) -> AsyncIterator[Callable[..., Awaitable[RemoteEngine]]]:
+    """Started engines against the fake, closed when the test ends."""
+    engines: list[RemoteEngine] = []
 
-    return make
+    async def make(**openai: Any) -> RemoteEngine:
+        opts = {"base_url": fake[1], "api_key": "sk-test", "model": "qwen", "timeout_s": 5.0, "retry_backoff_s": 0.01}
+        engine = RemoteEngine(EngineConfig(kind="openai", stop=["用户："], openai=OpenAIConfig(**(opts | openai))))
+        engines.append(engine)
+        await engine.start()
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.close()
 
 
 def req(adapter: str | None = None, deadline: float | None = None, request_id: str = "") -> GenerationRequest:
@@ -50,166 +58,117 @@ def req(adapter: str | None = None, deadline: float | None = None, request_id: s
 
 async def test_streams_deltas_and_sends_an_openai_request(fake, remote) -> None:
     state, _ = fake
-    engine = remote()
-    await engine.start()
-    try:
-        assert await engine.ready()
-        deltas = [d async for d in engine.stream(req(request_id="turn-42"))]
-        assert deltas == ANSWER
-        body, headers = state.requests[0], state.headers[0]
-        assert headers["Authorization"] == "Bearer sk-test" and headers["X-Request-Id"] == "turn-42"
-        assert body["model"] == "qwen" and body["stream"] is True
-        assert body["max_tokens"] == 50 and body["temperature"] == 0.2 and body["stop"] == ["用户："]
-        assert body["messages"] == [
-            {"role": "system", "content": "你是客服。\n\nFAQ: 发货"},
-            {"role": "user", "content": "发货了吗"},
-        ]
-    finally:
-        await engine.close()
+    engine = await remote()
+    assert await engine.ready()
+    deltas = [d async for d in engine.stream(req(request_id="turn-42"))]
+    assert deltas == ANSWER
+    body, headers = state.requests[0], state.headers[0]
+    assert headers["Authorization"] == "Bearer sk-test" and headers["X-Request-Id"] == "turn-42"
+    assert body["model"] == "qwen" and body["stream"] is True
+    assert body["max_tokens"] == 50 and body["temperature"] == 0.2 and body["stop"] == ["用户："]
+    assert body["messages"] == [
+        {"role": "system", "content": "你是客服。\n\nFAQ: 发货"},
+        {"role": "user", "content": "发货了吗"},
+    ]
 
 
 async def test_adapter_name_becomes_the_model(fake, remote) -> None:
     state, _ = fake
-    engine = remote()
-    await engine.start()
-    try:
-        await generate(engine, req(adapter="zh-sales"))
-        assert state.requests[0]["model"] == "zh-sales"
-    finally:
-        await engine.close()
+    engine = await remote()
+    await generate(engine, req(adapter="zh-sales"))
+    assert state.requests[0]["model"] == "zh-sales"
 
 
 async def test_retries_after_503_before_the_first_token(fake, remote) -> None:
     state, _ = fake
     state.script = ["503", "ok"]
-    engine = remote(retries=2)
-    await engine.start()
-    try:
-        assert await generate(engine, req()) == "".join(ANSWER)
-        assert len(state.requests) == 2
-    finally:
-        await engine.close()
+    engine = await remote(retries=2)
+    assert await generate(engine, req()) == "".join(ANSWER)
+    assert len(state.requests) == 2
 
 
 async def test_gives_up_after_the_configured_retries(fake, remote) -> None:
     state, _ = fake
     state.script = ["503"]
-    engine = remote(retries=1)
-    await engine.start()
-    try:
-        with pytest.raises(EngineError, match="503"):
-            await generate(engine, req())
-        assert len(state.requests) == 2
-    finally:
-        await engine.close()
+    engine = await remote(retries=1)
+    with pytest.raises(EngineError, match="503"):
+        await generate(engine, req())
+    assert len(state.requests) == 2
 
 
 async def test_client_errors_are_not_retried(fake, remote) -> None:
     state, _ = fake
     state.script = ["400", "ok"]
-    engine = remote(retries=3)
-    await engine.start()
-    try:
-        with pytest.raises(EngineError, match="400"):
-            await generate(engine, req())
-        assert len(state.requests) == 1
-    finally:
-        await engine.close()
+    engine = await remote(retries=3)
+    with pytest.raises(EngineError, match="400"):
+        await generate(engine, req())
+    assert len(state.requests) == 1
 
 
 async def test_timeout_before_the_first_token(fake, remote) -> None:
     state, _ = fake
     state.script = ["hang"]
-    engine = remote(timeout_s=0.2, retries=0)
-    await engine.start()
-    try:
-        with pytest.raises(EngineError, match=r"no response|no token"):
-            await generate(engine, req())
-    finally:
-        await engine.close()
+    engine = await remote(timeout_s=0.2, retries=0)
+    with pytest.raises(EngineError, match=r"no response|no token"):
+        await generate(engine, req())
 
 
 async def test_a_silent_server_is_retried(fake, remote) -> None:
     state, _ = fake
     state.script = ["hang", "ok"]
-    engine = remote(timeout_s=0.2, retries=1)
-    await engine.start()
-    try:
-        assert await generate(engine, req()) == "".join(ANSWER)
-        assert len(state.requests) == 2
-    finally:
-        await engine.close()
+    engine = await remote(timeout_s=0.2, retries=1)
+    assert await generate(engine, req()) == "".join(ANSWER)
+    assert len(state.requests) == 2
 
 
 async def test_no_retry_once_text_was_sent(fake, remote) -> None:
     state, _ = fake
     state.script = ["break:2", "ok"]
-    engine = remote(retries=3)
-    await engine.start()
+    engine = await remote(retries=3)
     got: list[str] = []
-    try:
-        with pytest.raises(EngineError, match="after the first token"):
-            async for delta in engine.stream(req()):
-                got.append(delta)
-        assert got == ANSWER[:2] and len(state.requests) == 1
-    finally:
-        await engine.close()
+    with pytest.raises(EngineError, match="after the first token"):
+        async for delta in engine.stream(req()):
+            got.append(delta)
+    assert got == ANSWER[:2] and len(state.requests) == 1
 
 
 async def test_stall_after_the_first_token_is_an_error(fake, remote) -> None:
     state, _ = fake
     state.script = ["stall:1"]
-    engine = remote(timeout_s=0.2, retries=3)
-    await engine.start()
-    try:
-        with pytest.raises(EngineError, match=r"stalled|after the first token"):
-            await generate(engine, req())
-        assert len(state.requests) == 1
-    finally:
-        await engine.close()
+    engine = await remote(timeout_s=0.2, retries=3)
+    with pytest.raises(EngineError, match=r"stalled|after the first token"):
+        await generate(engine, req())
+    assert len(state.requests) == 1
 
 
 async def test_deadline_stops_waiting(fake, remote) -> None:
     state, _ = fake
     state.script = ["hang"]
-    engine = remote(timeout_s=5.0, retries=3)
-    await engine.start()
-    try:
-        with pytest.raises(EngineDeadlineExceeded):
-            await generate(engine, req(deadline=time.monotonic() + 0.2))
-    finally:
-        await engine.close()
+    engine = await remote(timeout_s=5.0, retries=3)
+    with pytest.raises(EngineDeadlineExceeded):
+        await generate(engine, req(deadline=time.monotonic() + 0.2))
 
 
 async def test_closing_the_stream_disconnects_from_the_server(fake, remote) -> None:
     state, _ = fake
     state.tokens, state.delay = ["字"] * 2000, 0.01
-    engine = remote()
-    await engine.start()
-    try:
-        stream = engine.stream(req())
-        assert await anext(stream) == "字"
-        await stream.aclose()
-        await asyncio.wait_for(state.disconnected.wait(), 5)  # the server stops generating for nobody
-    finally:
-        await engine.close()
+    engine = await remote()
+    stream = engine.stream(req())
+    assert await anext(stream) == "字"
+    await stream.aclose()
+    await asyncio.wait_for(state.disconnected.wait(), 5)  # the server stops generating for nobody
 
 
 async def test_unreachable_server_is_not_ready_and_fails_fast(remote) -> None:
-    engine = remote(base_url="http://127.0.0.1:9/v1", retries=1, timeout_s=1.0)
-    await engine.start()  # not fatal: the server may come up after the hub
-    try:
-        assert not await engine.ready()
-        with pytest.raises(EngineError, match="cannot reach"):
-            await generate(engine, req())
-    finally:
-        await engine.close()
+    engine = await remote(base_url="http://127.0.0.1:9/v1", retries=1, timeout_s=1.0)  # start is not fatal
+    assert not await engine.ready()
+    with pytest.raises(EngineError, match="cannot reach"):
+        await generate(engine, req())
 
 
 async def test_bad_base_url_fails_at_start(remote) -> None:
-    engine = remote(base_url="ftp://example/v1")
     with pytest.raises(EngineError, match="base_url"):
-        await engine.start()
+        await remote(base_url="ftp://example/v1")
 
 
 async def test_sse_parsing_handles_multiline_data_comments_and_errors() -> None:
@@ -242,13 +201,9 @@ async def test_sse_parsing_handles_multiline_data_comments_and_errors() -> None:
 async def test_deadline_after_the_first_token_is_a_deadline_error(fake, remote) -> None:
     state, _ = fake
     state.script = ["stall:1"]
-    engine = remote(timeout_s=5.0, retries=3)
-    await engine.start()
+    engine = await remote(timeout_s=5.0, retries=3)
     got: list[str] = []
-    try:
-        with pytest.raises(EngineDeadlineExceeded):
-            async for delta in engine.stream(req(deadline=time.monotonic() + 0.3)):
-                got.append(delta)
-        assert got == ANSWER[:1] and len(state.requests) == 1
-    finally:
-        await engine.close()
+    with pytest.raises(EngineDeadlineExceeded):
+        async for delta in engine.stream(req(deadline=time.monotonic() + 0.3)):
+            got.append(delta)
+    assert got == ANSWER[:1] and len(state.requests) == 1

@@ -24,6 +24,7 @@ from bot.config import Config
 from bot.state.keys import Keys
 from bot.state.kv import RedisKV
 from tests.adapters.dingtalk.dingtalk_fake import APP_KEY, FakeDingTalk
+from tests.fakes.clock import FakeClock
 
 HOSTS = ["oapi.dingtalk.com", "api.dingtalk.com", "127.0.0.1"]
 
@@ -82,22 +83,6 @@ def test_group_replies_mention_the_sender_in_text_and_at() -> None:
     assert md["markdown"]["title"] == "标题" and md["at"]["atUserIds"] == ["u1"]
     single = webhook_payload(Target("cidS", False, staff_id="u1"), "您好", markdown=False)
     assert single["text"]["content"] == "您好" and "atUserIds" not in single["at"]
-
-
-class FakeClock:
-    """Time that only moves when the gate sleeps, so queueing is checked without waiting."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def _paced_api(config: Config, redis_client: aioredis.Redis, key_prefix: str, clock: FakeClock) -> DingtalkApi:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from bot.state.keys import Keys
 from bot.state.kv import MemoryKV, RedisKV, SharedKV
 from bot.state.shared import SharedToken, SharedTokenTimeout, WindowGate
+from tests.fakes.clock import FakeClock
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -21,22 +22,6 @@ def kv(request: pytest.FixtureRequest, redis_client: aioredis.Redis) -> SharedKV
 @pytest.fixture
 def keys(key_prefix: str) -> Keys:
     return Keys(key_prefix)
-
-
-class FakeClock:
-    """Time that moves only when the gate sleeps (or the test moves it)."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 # WindowGate
