@@ -19,6 +19,13 @@ def build_adapters(services: Services) -> list[ChannelAdapter]:
         from adapters.dingtalk.adapter import DingtalkAdapter
 
         adapters.append(DingtalkAdapter(services))
+    if cfg.dingtalk.notify_webhook:  # the team's DingTalk group hears about handoffs, whatever the channels
+        from adapters.dingtalk.robot import GroupRobotNotifier
+        from bot.state.shared import WindowGate
+
+        gate = WindowGate(services.kv, services.keys.rate, cfg.dingtalk.notify_rate_per_min)
+        services.notifiers.append(GroupRobotNotifier(lambda: services.http, gate, cfg.dingtalk.notify_webhook,
+                                                     cfg.dingtalk.notify_secret))
     if cfg.web.enabled:
         from adapters.web import WebAdapter
 

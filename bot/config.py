@@ -167,8 +167,12 @@ class DingtalkConfig(_Section):
     send_rate_per_min: int = Field(20, gt=0)  # DingTalk throttles a robot past 20 messages a minute
     stream_backoff_s: float = Field(1.0, gt=0)  # first Stream-mode reconnect delay, doubled per failure
     stream_backoff_max_s: float = Field(60.0, gt=0)
+    notify_webhook: str = ""  # a group robot's webhook URL (with access_token) for team notifications
+    notify_secret: str = ""  # its 加签 secret
+    notify_rate_per_min: int = Field(20, gt=0)
 
-    _text = field_validator("app_key", "app_secret", "robot_code", "card_template_id", mode="before")(_digits_as_text)
+    _text = field_validator("app_key", "app_secret", "robot_code", "card_template_id", "notify_secret",
+                            mode="before")(_digits_as_text)
 
 
 class DialogueConfig(_Section):
