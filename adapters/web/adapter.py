@@ -439,16 +439,18 @@ class WebAdapter:
             return
         mid = _client_id(event.id) if event is not None else None
         streamed = self._streamed.pop(event.id, 0) if event is not None else 0
+        # Everything a turn adds goes to the session's log in one write (one Redis round trip).
+        batches: dict[str, list[dict[str, Any]]] = {}
         for i, reply in enumerate(replies):
             sid = reply.to.conversation_id
+            batch = batches.setdefault(sid, [])
             aid = answer_id(mid, i) if mid else f"p{uuid.uuid4().hex[:16]}"
             if i == 0 and mid and not streamed:
                 offset = 0
                 for piece in _pieces(reply.text, _FAKE_STREAM_PIECES):
-                    await self.events.append(sid, {"type": "delta", "message_id": mid, "offset": offset,
-                                                   "text": piece})
+                    batch.append({"type": "delta", "message_id": mid, "offset": offset, "text": piece})
                     offset += len(piece)
-            await self.events.append(sid, {
+            batch.append({
                 "type": "reply",
                 "message_id": mid,
                 "answer_id": aid,
@@ -460,7 +462,9 @@ class WebAdapter:
                 "meta": _jsonable(reply.meta),
             })
         if event is not None and mid is not None:
-            await self.events.append(event.ref.conversation_id, {"type": "done", "message_id": mid})
+            batches.setdefault(event.ref.conversation_id, []).append({"type": "done", "message_id": mid})
+        for sid, batch in batches.items():
+            await self.events.append_many(sid, batch)
 
 
 def _unavailable() -> HttpError:

@@ -49,6 +49,9 @@ class EventLog(Protocol):
     async def append(self, session_id: str, event: dict[str, Any]) -> str:
         """Add an event; returns its id."""
 
+    async def append_many(self, session_id: str, events: Sequence[dict[str, Any]]) -> list[str]:
+        """Add events in order in one step (one Redis round trip); returns their ids."""
+
     async def read(self, session_id: str, after: str, timeout_s: float) -> list[Entry]:
         """Events after ``after``, waiting up to ``timeout_s`` for the first one."""
 
@@ -94,12 +97,17 @@ class MemoryEventLog:
         return f"{self._last[0]}-{self._last[1]}"
 
     async def append(self, session_id: str, event: dict[str, Any]) -> str:
+        return (await self.append_many(session_id, [event]))[0]
+
+    async def append_many(self, session_id: str, events: Sequence[dict[str, Any]]) -> list[str]:
         entries, cond = self._log(session_id)
-        event_id = self._next_id()
-        entries.append((event_id, event))
+        ids = []
+        for event in events:
+            ids.append(self._next_id())
+            entries.append((ids[-1], event))
         async with cond:
             cond.notify_all()
-        return event_id
+        return ids
 
     def _after(self, entries: Sequence[Entry], after: tuple[int, int]) -> list[Entry]:
         return [e for e in entries if parse_event_id(e[0]) > after]
@@ -151,12 +159,17 @@ class RedisEventLog:
         return self.keys.web_events(session_ref(session_id).key)
 
     async def append(self, session_id: str, event: dict[str, Any]) -> str:
+        return (await self.append_many(session_id, [event]))[0]
+
+    async def append_many(self, session_id: str, events: Sequence[dict[str, Any]]) -> list[str]:
         key = self._key(session_id)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(key, {"d": json.dumps(event, ensure_ascii=False)}, maxlen=self.per_session, approximate=True)
+            for event in events:
+                pipe.xadd(key, {"d": json.dumps(event, ensure_ascii=False)}, maxlen=self.per_session,
+                          approximate=True)
             pipe.pexpire(key, self.ttl_ms)
-            event_id, _ = await pipe.execute()
-        return event_id if isinstance(event_id, str) else event_id.decode()
+            *ids, _ = await pipe.execute()
+        return [i if isinstance(i, str) else i.decode() for i in ids]
 
     @staticmethod
     def _decode(raw: Sequence[Any]) -> list[Entry]:

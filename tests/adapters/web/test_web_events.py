@@ -81,3 +81,13 @@ async def test_redis_read_waits_longer_than_the_socket_timeout(redis_url: str, k
         assert await reader == [(event_id, {"late": True})]
     finally:
         await client.aclose()
+
+
+async def test_append_many_keeps_order_and_wakes_readers_once(log: EventLog) -> None:
+    start = await log.last_id(SID)
+    reader = asyncio.create_task(log.read(SID, start, timeout_s=10))
+    await asyncio.sleep(0.05)
+    ids = await log.append_many(SID, [{"n": i} for i in range(4)])
+    got = await asyncio.wait_for(reader, 5)
+    assert [e[1]["n"] for e in got] == [0, 1, 2, 3] and [e[0] for e in got] == ids
+    assert [parse_event_id(i) for i in ids] == sorted(parse_event_id(i) for i in ids)
