@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import uuid
 from collections import deque
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from bot import codec
 from bot.http import HttpError, bearer_token, json_response, read_json_object
 from bot.hub import Overloaded, StoreUnavailable
 from bot.services import Services
@@ -24,6 +26,7 @@ from bot.types import ConversationRef, Event, EventKind, Reply
 _MAX_USER_ID = 128
 _MAX_OUTBOX = 50
 _MAX_OUTBOX_USERS = 10_000  # conversations with undelivered agent replies kept in memory
+_BUS_TOPIC = "api.answer"
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class ApiAdapter:
         self.cfg = services.config
         self._waiting: dict[str, asyncio.Future[Sequence[Reply]]] = {}
         self._outbox: dict[str, deque[Reply]] = {}  # proactive messages (agent replies) until the next request
+        if services.takes_events:  # the worker that answers may be another process: replies come back by the bus
+            services.bus.subscribe(_BUS_TOPIC, self._on_answer)
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.post("/chat", self.chat)]
@@ -100,11 +105,9 @@ class ApiAdapter:
         )
 
     async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
-        if event is not None:
-            if (fut := self._waiting.get(event.id)) is not None and not fut.done():
-                fut.set_result(tuple(replies))
-            else:  # the caller gave up or went away; the answer is in the history
-                log.info("api request %s ended before its answer; not queued", event.id)
+        if event is not None:  # to the gateway whose request waits for it (this process, or another)
+            body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
+            await self.services.bus.publish(event.origin, _BUS_TOPIC, body)
             return
         for reply in replies:  # proactive (an agent's answer): kept for the user's next request
             box = self._outbox.pop(reply.to.key, None) or deque(maxlen=_MAX_OUTBOX)
@@ -112,6 +115,14 @@ class ApiAdapter:
             self._outbox[reply.to.key] = box  # most recent last
             while len(self._outbox) > _MAX_OUTBOX_USERS:
                 self._outbox.pop(next(iter(self._outbox)))
+
+
+    async def _on_answer(self, body: bytes) -> None:
+        data = json.loads(body)
+        if (fut := self._waiting.get(data["id"])) is not None and not fut.done():
+            fut.set_result(codec.decode_replies(data["replies"]))
+        else:  # the caller gave up or went away; the answer is in the history
+            log.info("api request %s ended before its answer; not queued", data["id"])
 
 
 def _reply_json(reply: Reply) -> dict[str, object]:

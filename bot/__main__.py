@@ -30,13 +30,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     _logging(cfg)
+    if args.role != "all" and not cfg.queue.url:
+        print(f"kefu-hub: --role {args.role} needs a shared queue: set queue.url (BOT__QUEUE__URL=amqp://...)",
+              file=sys.stderr)
+        return 2
     try:
-        app = create_app(cfg)
+        app = create_app(cfg, role=args.role)
     except (ConfigError, ValueError) as exc:  # a channel or engine refusing its settings
         print(f"kefu-hub: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    print(f"kefu-hub serving on http://{cfg.server.host}:{cfg.server.port}", flush=True)
-    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, shutdown_timeout=10)
+    port = cfg.server.worker_port if args.role == "worker" else cfg.server.port
+    print(f"kefu-hub {args.role} serving on http://{cfg.server.host}:{port}", flush=True)
+    access = {} if cfg.logging.access else {"access_log": None}
+    web.run_app(app, host=cfg.server.host, port=port, print=None, shutdown_timeout=15, **access)
     return 0
 
 
@@ -96,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="kefu-hub customer-service bot hub")
     parser.add_argument("--config", help="YAML config file (default: $BOT_CONFIG or config/default.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP server with an in-process worker")
+    serve = sub.add_parser("serve", help="run the hub: gateway (webhooks, widget, /chat), worker (turns), or all")
+    serve.add_argument("--role", choices=["gateway", "worker", "all"], default="all",
+                       help="gateway and worker need queue.url; all (default) does both in one process")
     serve.set_defaults(func=cmd_serve)
     faq = sub.add_parser("faq-eval", help="print FAQ top-1 accuracy on the held-out paraphrases")
     faq.add_argument("--cases", default="config/faq_eval.yaml")

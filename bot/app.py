@@ -1,7 +1,16 @@
-"""aiohttp application factory: routes, lifecycle, health."""
+"""The composition root: one aiohttp application per role, wired from the config.
+
+``all`` (the default, and ``make run``) takes and answers events in one
+process. ``gateway`` serves webhooks, the widget and ``/chat`` and publishes
+accepted events to the queue; ``worker`` consumes them, runs turns and sends
+replies through the same channel senders, serving only health and metrics.
+This module and the CLI are the only parts of ``bot/`` that know the channel
+packages.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,7 +19,7 @@ from aiohttp import web
 from adapters.registry import build_adapters
 from bot.config import Config
 from bot.http import METRICS_KEY, error_middleware, json_response
-from bot.services import Services
+from bot.services import Role, Services
 
 log = logging.getLogger(__name__)
 
@@ -18,29 +27,34 @@ SERVICES_KEY = web.AppKey("services", Services)
 _MAX_REQUEST_BYTES = 2 * 1024 * 1024  # the largest per-route limit; routes enforce their own
 
 
-def create_app(config: Config, services: Services | None = None) -> web.Application:
-    services = services or Services(config)
+def create_app(config: Config, services: Services | None = None, role: Role = "all") -> web.Application:
+    services = services or Services(config, role=role)
     app = web.Application(middlewares=[error_middleware], client_max_size=_MAX_REQUEST_BYTES)
     app[METRICS_KEY] = services.metrics
     app[SERVICES_KEY] = services
     adapters = build_adapters(services)
     for adapter in adapters:
-        services.hub.register(adapter.name, adapter)
-        app.router.add_routes(adapter.routes())
+        services.hub.register(adapter.name, adapter)  # a worker sends through every channel
+        if services.takes_events:
+            app.router.add_routes(adapter.routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    if config.admin.token:  # the admin and agent API exist only with a token
+    if config.admin.token and services.takes_events:  # the admin and agent API exist only with a token
         from bot.admin import AdminApi
 
         app.router.add_routes(AdminApi(services).routes())
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await services.start()
-        for adapter in adapters:
-            await adapter.start()
-        log.info("kefu-hub ready: channels %s, state %s, engine %s", [a.name for a in adapters],
-                 config.state.url.split("@")[-1], config.engine.kind)
+        if services.takes_events:  # inbound connections (DingTalk Stream mode) belong to gateways
+            for adapter in adapters:
+                await adapter.start()
+        if services.answers_events:
+            await services.hub.start_consuming()
+        log.info("kefu-hub %s ready: channels %s, state %s, queue %s, engine %s", services.role,
+                 [a.name for a in adapters], config.state.url.split("@")[-1],
+                 config.queue.url.split("@")[-1] or "in-process", config.engine.kind)
         yield
         await services.hub.close()  # answer what was accepted while channels can still send
         for adapter in adapters:
@@ -70,14 +84,22 @@ async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES_KEY]
     state_ok = await services.store.ping()
     engine = services.engine
-    engine_ok = True if engine is None else await engine.ready()
+    engine_ok = True if engine is None or not services.answers_events else await engine.ready()
+    try:
+        async with asyncio.timeout(2):
+            pending: int | None = await services.hub.pending()
+    except Exception:  # the broker is away; connections come back by themselves
+        pending = None
+    ok = state_ok and engine_ok and pending is not None
     body = {
-        "status": "ok" if state_ok and engine_ok else "unavailable",
+        "status": "ok" if ok else "unavailable",
+        "role": services.role,
         "state": "ok" if state_ok else "unreachable",
+        "queue": "ok" if pending is not None else "unreachable",
         "engine": "faq" if engine is None else ("ok" if engine_ok else "down"),
-        "pending": services.hub.pending,
+        "pending": pending,
     }
-    return json_response(body, status=200 if state_ok and engine_ok else 503)
+    return json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.config import EngineConfig, OpenAIConfig  # noqa: F401 - both re-exported; engine/ owns them
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
@@ -35,6 +37,7 @@ class ServerConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(64 * 1024, gt=0)
     public_url: str = ""  # how customers reach us; used in widget snippets
+    worker_port: int = Field(8081, ge=0, le=65535)  # a --role worker process serves /healthz and /metrics here
 
 
 class StateConfig(_Section):
@@ -52,6 +55,17 @@ class HubConfig(_Section):
     max_pending: int = Field(10000, gt=0)  # accepted but not yet answered
 
 
+class QueueConfig(_Section):
+    url: str = ""  # empty: in-process (one process does everything); amqp://user:pass@host:5672/vhost for RabbitMQ
+    name: str = "kefu"  # prefix of every exchange and queue this deployment declares
+    partitions: int = Field(16, ge=1, le=1024)  # conversations hash into these; more workers than this sit idle
+    delivery_limit: int = Field(5, ge=1)  # deliveries of one event before it is parked in the dead-letter queue
+    max_length: int = Field(100_000, gt=0)  # events waiting per partition before gateways answer 503
+    prefetch: int = Field(64, gt=0)  # unacknowledged events a worker holds per partition
+    lease_s: float = Field(10.0, gt=0)  # a dead worker's partitions move to a live one after this
+    confirm_timeout_s: float = Field(5.0, gt=0)  # a publish the broker has not confirmed by then gets 503
+
+
 class ApiConfig(_Section):
     keys: list[str] = []  # when set, /chat needs Authorization: Bearer <key>
 
@@ -59,35 +73,6 @@ class ApiConfig(_Section):
 class FaqConfig(_Section):
     path: str = "config/faq.yaml"
     threshold: float = Field(0.35, ge=0, le=1)
-
-
-class OpenAIConfig(_Section):
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key: str = ""
-    model: str = ""
-    timeout_s: float = Field(30.0, gt=0)  # connect, first token, and longest gap between chunks
-    retries: int = Field(2, ge=0)  # only before the first token; after it a retry would repeat text
-    retry_backoff_s: float = Field(0.5, ge=0)  # doubles per attempt; Retry-After wins when larger
-
-
-class EngineConfig(_Section):
-    kind: Literal["faq", "hf", "openai"] = "faq"
-    model_path: str = ""
-    device: str = "auto"
-    dtype: str = "auto"
-    quantization: Literal["none", "int8", "nf4"] = "none"
-    adapters: dict[str, str] = {}
-    system_prompt: str = "你是一名专业、礼貌的客服助手。请用简洁的语言回答用户问题；不确定时请如实说明并建议转人工。"
-    max_new_tokens: int = Field(256, gt=0)
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    stop: list[str] = []
-    batch_window_ms: float = Field(10.0, ge=0)
-    max_batch_size: int = Field(16, gt=0)
-    queue_max: int = Field(256, gt=0)
-    context_tokens: int = Field(2048, gt=0)
-    torch_threads: int = Field(0, ge=0)  # hf on CPU: intra-op threads, 0 = torch's default (all cores)
-    openai: OpenAIConfig = OpenAIConfig()
 
 
 class WebConfig(_Section):
@@ -195,12 +180,14 @@ class AdminConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access: bool = False  # one line per HTTP request (costs a turn ~8%); /metrics counts requests either way
 
 
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     state: StateConfig = StateConfig()
     hub: HubConfig = HubConfig()
+    queue: QueueConfig = QueueConfig()
     api: ApiConfig = ApiConfig()
     faq: FaqConfig = FaqConfig()
     engine: EngineConfig = EngineConfig()
@@ -210,6 +197,14 @@ class Config(_Section):
     dialogue: DialogueConfig = DialogueConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _queue_needs_shared_state(self) -> Config:
+        if self.queue.url and not self.queue.url.startswith(("amqp://", "amqps://")):
+            raise ValueError("queue.url must be empty (in-process) or amqp://... / amqps://...")
+        if self.queue.url and self.state.url.startswith("memory://"):
+            raise ValueError("queue.url needs state.url in Redis: gateways and workers must share dedup and state")
+        return self
 
     def resolve_path(self, path: str) -> Path:
         """Relative data paths are relative to the project root, not the cwd."""

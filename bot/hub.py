@@ -1,41 +1,37 @@
-"""The hub: accept -> dedup -> per-conversation mailbox -> turn -> deliver.
+"""The hub: what a gateway does with an event (``accept``) and what a worker
+does with it (``_handle``: the turn pipeline, then the channel's sender).
 
-``accept`` only deduplicates and enqueues, so adapters acknowledge the platform
-at once (WeCom retries after 5 s). Each conversation has a mailbox drained by
-one task, so its messages are answered in arrival order, while different
-conversations run concurrently up to ``max_concurrent_turns``. The in-process
-mailbox is the queue today; a Redis Streams queue between gateways and GPU
-workers replaces :meth:`_enqueue` and the drain loop without touching turns.
+``accept`` only hands the event to the inbox, which deduplicates it and makes
+it durable, so adapters acknowledge the platform at once (WeCom retries after
+5 s). Where the event waits and who answers it is the inbox's business: the
+in-process one (``make run``) or RabbitMQ between gateways and workers
+(``bot/inbox``). What happens in a turn is the pipeline's (``bot/pipeline.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from bot import messages
 from bot.config import HubConfig
+from bot.inbox import Delivery, Inbox, Overloaded, StoreUnavailable
+from bot.inbox.memory import MemoryInbox
 from bot.metrics import Metrics
-from bot.state import DialogueState, StateStore, VersionConflict
-from bot.turn import TurnHandler, TurnResult
+from bot.pipeline import CAS_ATTEMPTS, Dialogue, Step, TurnContext, TurnPipeline
+from bot.state import DialogueState, StateStore, StoreDown, VersionConflict
+from bot.turn import TurnHandler
 from bot.types import Event, Reply, ReplyChunk
 
 log = logging.getLogger(__name__)
 
-_CAS_ATTEMPTS = 12  # with jittered backoff; contention needs two processes on one conversation
+__all__ = ["Hub", "Overloaded", "ReplySink", "StoreUnavailable", "StreamingSink"]
 
-
-class Overloaded(Exception):
-    """The event was not taken; the platform should retry later (nothing is lost)."""
-
-
-class StoreUnavailable(Overloaded):
-    """The state store cannot record the event, so it cannot be taken safely."""
+_STORE_RETRY_MAX_S = 5.0
 
 
 class ReplySink(Protocol):
@@ -50,18 +46,32 @@ class StreamingSink(Protocol):
 
 
 class Hub:
-    def __init__(self, cfg: HubConfig, store: StateStore, handler: TurnHandler, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cfg: HubConfig,
+        store: StateStore,
+        handler: TurnHandler,
+        metrics: Metrics,
+        inbox: Inbox | None = None,
+        steps: Sequence[Step] | None = None,
+        origin: str = "",
+    ) -> None:
         self.cfg = cfg
         self.store = store
-        self.handler = handler
         self.metrics = metrics
+        self.handler = handler
+        self.origin = origin  # stamped on accepted events, so answers that must come back here find this process
+        # Without a shared queue this process answers what it accepts (the embedded default).
+        self._answers_own = inbox is None
+        self.inbox: Inbox = inbox or MemoryInbox(
+            store, metrics, max_pending=cfg.max_pending, max_concurrent=cfg.max_concurrent_turns
+        )
+        self.pipeline = TurnPipeline(
+            store, steps if steps is not None else [Dialogue(handler)], self._send, metrics,
+            ledger=self.inbox.redelivers,
+        )
         self._sinks: dict[str, ReplySink] = {}
-        self._mailboxes: dict[str, deque[Event]] = {}
-        self._drainers: dict[str, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(cfg.max_concurrent_turns)
-        self._pending = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._consuming = False
         self._closing = False
 
     def register(self, channel: str, sink: ReplySink) -> None:
@@ -71,100 +81,65 @@ class Hub:
         return self._sinks[channel]
 
     async def accept(self, event: Event) -> bool:
-        """Take an event for answering. False: a redelivery already taken."""
+        """Take an event for answering. False: a redelivery already taken. Raises
+        :class:`Overloaded` (the platform should retry; nothing was taken)."""
         channel = event.ref.channel
         if channel not in self._sinks:
             raise ValueError(f"no channel registered as {channel!r}")
         if self._closing:
             self.metrics.events_rejected.labels(channel).inc()
             raise Overloaded("shutting down")
-        if self._pending >= self.cfg.max_pending:
-            self.metrics.events_rejected.labels(channel).inc()
-            raise Overloaded(f"{self._pending} events pending")
+        if self._answers_own and not self._consuming:
+            await self.start_consuming()
+        if self.origin and not event.origin:
+            event = dataclasses.replace(event, origin=self.origin)
         try:
-            first = await self.store.first_seen(event.dedup_key)
-        except Exception as exc:
+            first = await self.inbox.put_once(event)
+        except Overloaded:
             self.metrics.events_rejected.labels(channel).inc()
-            log.error("state store unavailable, %s event %s refused for a retry: %s", channel, event.id, exc)
-            raise StoreUnavailable(str(exc)) from exc
+            raise
         if not first:
             self.metrics.events_duplicate.labels(channel).inc()
             log.info("duplicate %s event %s dropped", channel, event.id)
             return False
         self.metrics.events_accepted.labels(channel).inc()
-        self._enqueue(event)
         return True
 
-    def _enqueue(self, event: Event) -> None:
-        key = event.ref.key
-        self._pending += 1
-        self.metrics.pending.set(self._pending)
-        self._idle.clear()
-        self._mailboxes.setdefault(key, deque()).append(event)
-        if key not in self._drainers:
-            self._drainers[key] = asyncio.create_task(self._drain(key), name=f"conversation {key}")
+    async def start_consuming(self) -> None:
+        """Become a worker: answer events from the inbox."""
+        if not self._consuming:
+            self._consuming = True
+            await self.inbox.consume(self._handle)
 
-    async def _drain(self, key: str) -> None:
-        box = self._mailboxes[key]
-        try:
-            while box:
-                event = box[0]
-                async with self._slots:
-                    await self._run_turn(event)
-                box.popleft()
-                self._pending -= 1
-                self.metrics.pending.set(self._pending)
-        finally:
-            # No await between the emptiness check and the removal: an accept
-            # that lands after this point starts a fresh drainer.
-            if not box:
-                del self._mailboxes[key]
-            del self._drainers[key]
-            if not self._drainers:
-                self._idle.set()
-
-    async def _run_turn(self, event: Event) -> None:
-        channel = event.ref.channel
-        sink = self._sinks[channel]
-        stream = self._streamer(sink, event)
-        outcome = "ok"
-        replies: tuple[Reply, ...] = ()
-        try:
-            async with asyncio.timeout(self.cfg.turn_deadline_s):
-                replies = await self._turn_with_retries(event, stream)
-        except TimeoutError:
-            outcome = "timeout"
-            log.error("turn for %s event %s passed its %.0fs deadline", channel, event.id, self.cfg.turn_deadline_s)
-        except Exception:
-            outcome = "error"
-            log.exception("turn for %s event %s failed", channel, event.id)
-        if outcome != "ok":
-            lang = event.lang or "zh"
-            replies = (Reply(event.ref, messages.text("apology", lang), in_reply_to=event.id, source="system"),)
-        try:
-            await sink.deliver(event, replies)
-        except Exception:
-            outcome = "send_error"
-            self.metrics.send_errors.labels(channel).inc()
-            log.exception("%s failed to deliver the answer to event %s", channel, event.id)
-        self.metrics.turns.labels(channel, outcome).inc()
-        self.metrics.turn_latency.labels(channel).observe(max(0.0, time.time() - event.received_at))
-
-    async def _turn_with_retries(self, event: Event, stream) -> tuple[Reply, ...]:
-        for attempt in range(_CAS_ATTEMPTS):
-            state = await self.store.load(event.ref.key)
-            result: TurnResult = await self.handler.handle(event, state, stream)
+    async def _handle(self, delivery: Delivery) -> None:
+        event = delivery.event
+        if event.ref.channel not in self._sinks:  # a worker configured without this channel: park it, loudly
+            raise LookupError(f"this worker has no channel {event.ref.channel!r}")
+        if delivery.redelivered:
+            self.metrics.queue_redeliveries.inc()
+        ctx = TurnContext(event, redelivered=delivery.redelivered, stream=self._streamer(event))
+        wait = 0.1
+        while True:
             try:
-                await self.store.save(result.state, expected_version=state.version)
-                return result.replies
-            except VersionConflict:
-                self.metrics.state_conflicts.inc()
-                log.info("state of %s changed under turn %s; running it again", event.ref.key, event.id)
-                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-        raise RuntimeError(f"could not save state of {event.ref.key} after {_CAS_ATTEMPTS} attempts")
+                await self.pipeline.run(ctx, self.cfg.turn_deadline_s)
+                break
+            except StoreDown as exc:
+                # Not a failed turn: the event stays with this worker (unacknowledged) and runs again when
+                # the store is back; at shutdown the inbox hands it to another worker.
+                log.warning("state store unreachable (%s) during %s event %s; retrying in %.1fs", exc,
+                            event.ref.channel, event.id, wait)
+                await asyncio.sleep(wait * random.uniform(0.5, 1.0))
+                wait = min(_STORE_RETRY_MAX_S, wait * 2)
+                ctx = TurnContext(event, redelivered=True, stream=ctx.stream)  # may have saved: check the ledger
+        self.metrics.turns.labels(event.ref.channel, ctx.outcome).inc()
+        if ctx.outcome != "duplicate":
+            self.metrics.turn_latency.labels(event.ref.channel).observe(max(0.0, time.time() - event.received_at))
 
-    @staticmethod
-    def _streamer(sink: ReplySink, event: Event):
+    async def _send(self, event: Event, replies: Sequence[Reply]) -> None:
+        await self._sinks[event.ref.channel].deliver(event, replies)
+
+    def _streamer(self, event: Event):
+        sink = self._sinks[event.ref.channel]
         if not isinstance(sink, StreamingSink):
             async def ignore(_so_far: str, _delta: str) -> None:
                 return None
@@ -182,7 +157,7 @@ class Hub:
     async def update_state(self, key: str, change) -> DialogueState:
         """Apply ``change(state) -> state`` with compare-and-set, for out-of-turn
         updates such as an agent taking over or releasing a conversation."""
-        for attempt in range(_CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
             state = await self.store.load(key)
             try:
                 return await self.store.save(change(state), expected_version=state.version)
@@ -192,33 +167,23 @@ class Hub:
         raise RuntimeError(f"could not update state of {key}")
 
     async def drain(self, within_s: float) -> bool:
-        """Wait until every accepted event is answered; False on timeout."""
+        """Wait until every accepted event is answered; False on timeout (for tests and shutdown)."""
         try:
             async with asyncio.timeout(within_s):
-                await self._idle.wait()
+                while await self.inbox.depth():  # noqa: ASYNC110 (depth may be a broker call, not an event)
+                    await asyncio.sleep(0.01)
             return True
         except TimeoutError:
             return False
 
     async def close(self, drain_s: float = 10.0) -> None:
-        """Refuse new events (platforms retry them), answer what was accepted,
-        and un-see whatever is still unanswered after ``drain_s`` so its
-        redelivery is taken instead of dropped as a duplicate."""
+        """Refuse new events (platforms retry them), finish the turns in flight for up to ``drain_s``,
+        and hand back the rest: to another worker through the broker, or un-seen so the platform's
+        retry is taken. Nothing accepted is dropped."""
         self._closing = True
-        if await self.drain(drain_s):
-            return
-        log.warning("shutting down with %d events unanswered; their redeliveries will be answered", self._pending)
-        for task in list(self._drainers.values()):
-            task.cancel()
-        await asyncio.gather(*self._drainers.values(), return_exceptions=True)
-        for box in self._mailboxes.values():
-            for event in box:
-                try:
-                    await self.store.forget_seen(event.dedup_key)
-                except Exception:
-                    log.exception("could not un-see %s event %s", event.ref.channel, event.id)
-        self._mailboxes.clear()
+        if self._consuming:
+            await self.inbox.stop_consuming(drain_s)
+        await self.inbox.close()
 
-    @property
-    def pending(self) -> int:
-        return self._pending
+    async def pending(self) -> int:
+        return await self.inbox.depth()

@@ -34,6 +34,17 @@ class Metrics:
         self.state_conflicts = Counter("kefu_state_conflicts", "Compare-and-set conflicts retried", registry=r)
         self.send_errors = Counter("kefu_send_errors", "Replies a channel failed to send", ["channel"], registry=r)
         self.pending = Gauge("kefu_pending_events", "Accepted events not yet answered", registry=r)
+        self.turn_step = Histogram(
+            "kefu_turn_step_seconds", "Time in each step of a turn", ["step"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.engine_ttft = Histogram(
+            "kefu_engine_ttft_seconds", "Engine time to first token", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("kefu_queue_depth", "Events waiting in the queue", ["queue"], registry=r)
+        self.queue_redeliveries = Counter("kefu_queue_redeliveries", "Events delivered again", registry=r)
+        self.queue_dead_lettered = Counter(
+            "kefu_queue_dead_lettered", "Events parked after too many deliveries or unreadable", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import aiohttp
 
@@ -10,8 +11,10 @@ from bot.answer import Answerer
 from bot.config import Config
 from bot.faq import FaqIndex
 from bot.hub import Hub
+from bot.inbox import Inbox
 from bot.metrics import Metrics
 from bot.notify import Notifier
+from bot.replybus import LocalBus, RabbitBus, ReplyBus
 from bot.state import StateStore, open_store
 from bot.state.keys import Keys
 from bot.state.kv import MemoryKV, RedisKV, SharedKV
@@ -22,9 +25,13 @@ from engine.factory import open_engine
 log = logging.getLogger(__name__)
 
 
+Role = Literal["gateway", "worker", "all"]
+
+
 class Services:
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None, role: Role = "all") -> None:
         self.config = config
+        self.role: Role = role
         self.metrics = metrics or Metrics()
         self.keys = Keys(config.state.key_prefix)
         self.store: StateStore = open_store(config.state)
@@ -32,7 +39,7 @@ class Services:
         self.redis = client  # the shared redis.asyncio client when state lives in Redis
         self.kv: SharedKV = RedisKV(client) if client is not None else MemoryKV()
         self.faq = FaqIndex.load(config.resolve_path(config.faq.path), config.faq.threshold)
-        self.engine: Engine | None = open_engine(config.engine)
+        self.engine: Engine | None = open_engine(config.engine, base_dir=config.resolve_path("."))
         self.answerer = Answerer(
             self.faq,
             self.engine,
@@ -40,9 +47,29 @@ class Services:
             deadline_s=config.hub.engine_deadline_s,
             metrics=self.metrics,
         )
-        self.hub = Hub(config.hub, self.store, self._handler(), self.metrics)
+        self.bus: ReplyBus = RabbitBus(config.queue.url, config.queue.name) if config.queue.url else LocalBus()
+        self.hub = Hub(config.hub, self.store, self._handler(), self.metrics, inbox=self._inbox(),
+                       origin=self.bus.origin)
         self.notifiers: list[Notifier] = []  # filled by channels that can reach the team
         self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def takes_events(self) -> bool:
+        """This process serves webhooks and holds customers' connections (a gateway)."""
+        return self.role in ("gateway", "all")
+
+    @property
+    def answers_events(self) -> bool:
+        """This process runs turns (a worker)."""
+        return self.role in ("worker", "all")
+
+    def _inbox(self) -> Inbox | None:
+        if not self.config.queue.url:
+            return None  # in-process: the hub answers what it accepts
+        from bot.inbox.rabbit import RabbitInbox
+
+        return RabbitInbox(self.config.queue, self.store, self.metrics, redis=self.redis, keys=self.keys,
+                           worker_id=self.bus.origin, max_concurrent=self.config.hub.max_concurrent_turns)
 
     def _handler(self) -> TurnHandler:
         if self.config.dialogue.enabled:  # a bad graph raises GraphError (a ConfigError) naming the node
@@ -61,7 +88,11 @@ class Services:
         return self._http
 
     async def start(self) -> None:
-        if self.engine is not None:
+        """Open what this role needs; the queue and the bus reconnect by themselves later,
+        but must answer once at start (a worker without its broker is not a worker)."""
+        await self.hub.inbox.start()
+        await self.bus.start()
+        if self.engine is not None and self.answers_events:
             try:
                 await self.engine.start()
             except EngineError as exc:
@@ -71,6 +102,7 @@ class Services:
 
     async def close(self) -> None:
         await self.hub.close()
+        await self.bus.close()
         if self.engine is not None:
             await self.engine.close()
         if self._http is not None:

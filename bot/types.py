@@ -62,6 +62,7 @@ class Event:
     context: str | None = None  # caller-supplied context, e.g. the page being viewed
     lang: str | None = None  # language hint from the channel (browser, client)
     channel_data: Mapping[str, Any] = field(default_factory=_empty)  # platform specifics; core never reads it
+    origin: str = ""  # the gateway process that accepted it, for answers that must go back to that process
 
     @property
     def dedup_key(self) -> str:

@@ -8,13 +8,18 @@ engine's module is imported only when ``kind`` is ``hf``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-from bot.config import EngineConfig
 from engine.base import Engine, EngineError, GenerationRequest
+from engine.config import EngineConfig
 
 
-def open_engine(cfg: EngineConfig) -> Engine | None:
-    """A new, not yet started engine; None when answers come from the FAQ alone."""
+def open_engine(cfg: EngineConfig, *, base_dir: Path | None = None) -> Engine | None:
+    """A new, not yet started engine; None when answers come from the FAQ alone.
+
+    ``base_dir`` is what relative ``model_path`` and ``adapters`` paths are relative
+    to (the bot passes its project root); None: the current directory.
+    """
     if cfg.kind == "faq":
         return None
     if cfg.kind == "hf":
@@ -22,7 +27,7 @@ def open_engine(cfg: EngineConfig) -> Engine | None:
             from engine.hf import HFEngine
         except ImportError as exc:  # the llm extra is not installed: fail at start(), like a bad model
             return UnavailableEngine("hf", f"engine.kind=hf needs the llm extra (torch, transformers, peft): {exc}")
-        return HFEngine(cfg)
+        return HFEngine(cfg, base_dir=base_dir)
     if cfg.kind == "openai":
         from engine.remote import RemoteEngine
 

@@ -41,10 +41,10 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from bot.config import ROOT, EngineConfig
 from engine import prompt as prompts
 from engine.base import EngineError, GenerationRequest
 from engine.batcher import END, BatchStats, DynamicBatcher, EngineDeadlineExceeded, Item, Slot, deliver
+from engine.config import EngineConfig
 from engine.streaming import ByteLevelDecoder, IncrementalDecoder, byte_level_table
 
 log = logging.getLogger(__name__)
@@ -117,14 +117,14 @@ def quantization_config(kind: str, device: torch.device, dtype: torch.dtype) -> 
     )
 
 
-def _resolve_path(raw: str, *, base: Path | None = None) -> Path:
-    """Relative paths are relative to the project root (like Config.resolve_path), adapters also to the model."""
+def _resolve_path(raw: str, base_dir: Path | None, *, model_dir: Path | None = None) -> Path:
+    """Relative paths are relative to ``base_dir`` (the caller's root; None: the cwd), adapters first to the model."""
     p = Path(raw).expanduser()
     if p.is_absolute():
         return p
-    if base is not None and (base / p).exists():
-        return base / p
-    return ROOT / p
+    if model_dir is not None and (model_dir / p).exists():
+        return model_dir / p
+    return p if base_dir is None else base_dir / p
 
 
 # --- per-batch helpers (worker thread) ---------------------------------------------------------
@@ -250,9 +250,11 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, cfg: EngineConfig, *, ignore_eos: bool = False) -> None:
-        """``ignore_eos`` (benchmarks only) makes every row generate exactly max_new_tokens."""
+    def __init__(self, cfg: EngineConfig, *, base_dir: Path | None = None, ignore_eos: bool = False) -> None:
+        """``base_dir``: what relative model and adapter paths are relative to (None: the current directory).
+        ``ignore_eos`` (benchmarks only) makes every row generate exactly max_new_tokens."""
         self.cfg = cfg
+        self.base_dir = base_dir
         self.ignore_eos = ignore_eos
         self.stats = BatchStats()
         self.state = "new"  # new | loading | ready | failed | closed
@@ -321,7 +323,7 @@ class HFEngine:
         cfg = self.cfg
         if not cfg.model_path:
             raise EngineError("engine.model_path is empty")
-        path = _resolve_path(cfg.model_path)
+        path = _resolve_path(cfg.model_path, self.base_dir)
         if not path.is_dir():
             raise EngineError(f"engine.model_path {str(path)!r} is not a directory")
         if BASE_ADAPTER in cfg.adapters:
@@ -350,7 +352,7 @@ class HFEngine:
             from peft import PeftModel
 
             for i, (name, raw) in enumerate(cfg.adapters.items()):
-                apath = _resolve_path(raw, base=path)
+                apath = _resolve_path(raw, self.base_dir, model_dir=path)
                 if not apath.is_dir():
                     raise EngineError(f"engine.adapters.{name}: {str(apath)!r} is not a directory")
                 if i == 0:

@@ -24,10 +24,10 @@ from typing import Any
 
 import aiohttp
 
-from bot.config import EngineConfig
 from engine import prompt as prompts
 from engine.base import EngineError, GenerationRequest
 from engine.batcher import EngineDeadlineExceeded
+from engine.config import EngineConfig
 
 log = logging.getLogger(__name__)
 

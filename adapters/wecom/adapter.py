@@ -78,7 +78,8 @@ class WecomAdapter:
         if cfg.aibot_token:
             crypto = WecomCrypto(cfg.aibot_token, cfg.aibot_aes_key, "", replay_window_s=cfg.replay_window_s)
             self.aibot = AibotEndpoint(crypto, services.hub, services.kv, keys, self.policy,
-                                       stream_ttl_s=cfg.aibot_stream_ttl_s, event_wait_s=cfg.aibot_event_wait_s)
+                                       stream_ttl_s=cfg.aibot_stream_ttl_s, event_wait_s=cfg.aibot_event_wait_s,
+                                       bus=services.bus, listen=services.takes_events)
         if cfg.robot_key:
             gate = WindowGate(services.kv, keys.rate, cfg.robot_rate_per_min)
             services.notifiers.append(RobotNotifier(self.policy, gate, cfg.api_base, cfg.robot_key))

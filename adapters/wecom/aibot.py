@@ -23,9 +23,10 @@ from adapters.wecom.api import CallPolicy, WecomApiError
 from adapters.wecom.crypto import WecomCrypto
 from adapters.wecom.parse import aibot_event, aibot_stream_id
 from adapters.wecom.render import render
-from bot import messages
+from bot import codec, messages
 from bot.http import HttpError
 from bot.hub import Hub, Overloaded
+from bot.replybus import ReplyBus
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
 from bot.text import split_utf8
@@ -69,9 +70,12 @@ class StreamBuffers:
         await self.kv.delete(self.keys.wecom_stream(sid))
 
 
+_BUS_TOPIC = "wecom.aibot.greeting"
+
+
 class AibotEndpoint:
     def __init__(self, crypto: WecomCrypto, hub: Hub, kv: SharedKV, keys: Keys, policy: CallPolicy, *,
-                 stream_ttl_s: float, event_wait_s: float) -> None:
+                 stream_ttl_s: float, event_wait_s: float, bus: ReplyBus, listen: bool = True) -> None:
         self.crypto = crypto
         self.hub = hub
         self.kv = kv
@@ -80,6 +84,9 @@ class AibotEndpoint:
         self.buffers = StreamBuffers(kv, keys, stream_ttl_s)
         self.event_wait_s = event_wait_s
         self._waiting: dict[str, asyncio.Future[Sequence[Reply]]] = {}
+        self.bus = bus  # event greetings go back to the gateway whose callback waits for them
+        if listen:
+            bus.subscribe(_BUS_TOPIC, self._on_greeting)
 
     # ------------------------------------------------------------------ inbound
     async def handle(self, msg: dict[str, Any]) -> dict[str, Any] | None:
@@ -137,13 +144,18 @@ class AibotEndpoint:
 
     async def finish(self, event: Event, replies: Sequence[Reply]) -> None:
         if event.kind is EventKind.EVENT:
-            fut = self._waiting.get(event.id)
-            if fut is not None and not fut.done():
-                fut.set_result(tuple(replies))
-            else:
-                log.info("greeting for WeCom AI bot event %s came too late; dropped", event.id)
+            body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
+            await self.bus.publish(event.origin, _BUS_TOPIC, body)
             return
         await self.buffers.write(stream_id(event.ref, event.id), render(replies), finish=True)
+
+    async def _on_greeting(self, body: bytes) -> None:
+        data = json.loads(body)
+        fut = self._waiting.get(data["id"])
+        if fut is not None and not fut.done():
+            fut.set_result(codec.decode_replies(data["replies"]))
+        else:
+            log.info("greeting for WeCom AI bot event %s came too late; dropped", data["id"])
 
     async def send_proactive(self, reply: Reply) -> None:
         """A reply outside a callback (an agent's answer) through the conversation's

@@ -1,6 +1,8 @@
 """Dialogue-state persistence: one protocol, an in-memory and a Redis store."""
 
-from bot.state.base import DialogueState, HistoryTurn, StateStore, VersionConflict
+from bot.state.base import SENT, DialogueState, HistoryTurn, LedgerEntry, StateStore, StoreDown, VersionConflict
 from bot.state.factory import open_store
 
-__all__ = ["DialogueState", "HistoryTurn", "StateStore", "VersionConflict", "open_store"]
+__all__ = [
+    "SENT", "DialogueState", "HistoryTurn", "LedgerEntry", "StateStore", "StoreDown", "VersionConflict", "open_store",
+]

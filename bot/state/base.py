@@ -20,6 +20,10 @@ def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
+class StoreDown(Exception):
+    """The store cannot be reached; the work is to be done again later, not failed."""
+
+
 class VersionConflict(Exception):
     """Someone else saved this conversation since it was loaded."""
 
@@ -78,16 +82,37 @@ class DialogueState:
         )
 
 
+SENT = ""  # what the ledger holds once an event's replies have left
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """An event's encoded replies, stored with the state its turn produced."""
+
+    dedup_key: str
+    replies: str  # bot.codec.encode_replies
+
+
 class StateStore(Protocol):
     async def load(self, key: str) -> DialogueState:
         """The saved state, or a fresh version-0 state when none (or expired)."""
 
-    async def save(self, state: DialogueState, *, expected_version: int) -> DialogueState:
+    async def save(
+        self, state: DialogueState, *, expected_version: int, ledger: LedgerEntry | None = None
+    ) -> DialogueState:
         """Store ``state`` if the stored version still equals ``expected_version``.
 
         Returns the state with its new version; refreshes the idle TTL.
-        Raises :class:`VersionConflict` otherwise.
+        Raises :class:`VersionConflict` otherwise. With ``ledger``, the replies
+        are recorded in the same atomic step, so a crash can never leave a
+        saved state without the answer that goes with it.
         """
+
+    async def ledger(self, conversation: str, dedup_key: str) -> str | None:
+        """The recorded replies of an event, :data:`SENT` once they were sent, None when none were recorded."""
+
+    async def mark_sent(self, conversation: str, dedup_key: str) -> None:
+        """Replace the recorded replies by the :data:`SENT` marker (the text is not kept once delivered)."""
 
     async def delete(self, key: str) -> None: ...
 

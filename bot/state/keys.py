@@ -14,6 +14,12 @@ class Keys:
     def dedup(self, dedup_key: str) -> str:
         return f"{self.prefix}:seen:{dedup_key}"
 
+    def reply(self, conversation: str, dedup_key: str) -> str:
+        """The reply ledger of one event: its replies from the moment the turn's state is saved until they are
+        sent, then only a "sent" marker, so a redelivered event is answered once and with the same words.
+        Hash-tagged by the conversation so it is written in the same atomic step as the state."""
+        return f"{self.prefix}:reply:{{{conversation}}}:{dedup_key}"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from bot.state.base import DialogueState, VersionConflict
+from bot.state.base import SENT, DialogueState, LedgerEntry, VersionConflict
 
 _SWEEP_INTERVAL_S = 60.0
 
@@ -18,6 +18,7 @@ class MemoryStore:
         self._clock = clock
         self._states: dict[str, tuple[float, int, str]] = {}  # key -> (expires, version, json)
         self._seen: dict[str, float] = {}
+        self._ledger: dict[tuple[str, str], tuple[float, str]] = {}  # (conversation, dedup key) -> (expires, replies)
         self._lock = asyncio.Lock()
         self._next_sweep = 0.0
 
@@ -28,7 +29,9 @@ class MemoryStore:
             return DialogueState(key=key)
         return DialogueState.from_json(key, entry[1], entry[2])
 
-    async def save(self, state: DialogueState, *, expected_version: int) -> DialogueState:
+    async def save(
+        self, state: DialogueState, *, expected_version: int, ledger: LedgerEntry | None = None
+    ) -> DialogueState:
         async with self._lock:
             entry = self._states.get(state.key)
             current = entry[1] if entry is not None and entry[0] > self._clock() else 0
@@ -36,7 +39,16 @@ class MemoryStore:
                 raise VersionConflict(state.key)
             saved = state.replace(version=expected_version + 1, updated_at=time.time())
             self._states[state.key] = (self._clock() + self._idle_ttl, saved.version, saved.to_json())
+            if ledger is not None:
+                self._ledger[(state.key, ledger.dedup_key)] = (self._clock() + self._dedup_ttl, ledger.replies)
             return saved
+
+    async def ledger(self, conversation: str, dedup_key: str) -> str | None:
+        entry = self._ledger.get((conversation, dedup_key))
+        return entry[1] if entry is not None and entry[0] > self._clock() else None
+
+    async def mark_sent(self, conversation: str, dedup_key: str) -> None:
+        self._ledger[(conversation, dedup_key)] = (self._clock() + self._dedup_ttl, SENT)
 
     async def delete(self, key: str) -> None:
         self._states.pop(key, None)
@@ -60,6 +72,7 @@ class MemoryStore:
         self._next_sweep = now + _SWEEP_INTERVAL_S
         self._seen = {k: t for k, t in self._seen.items() if t > now}
         self._states = {k: v for k, v in self._states.items() if v[0] > now}
+        self._ledger = {k: v for k, v in self._ledger.items() if v[0] > now}
 
     async def ping(self) -> bool:
         return True

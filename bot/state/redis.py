@@ -6,11 +6,16 @@ is a Lua script so check, write and TTL refresh are one atomic step.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.state.base import DialogueState, VersionConflict
+from bot.state.base import SENT, DialogueState, LedgerEntry, StoreDown, VersionConflict
 from bot.state.keys import Keys
 
 _CAS = """
@@ -19,8 +24,26 @@ if (v or '0') ~= ARGV[1] then return -1 end
 local nv = tonumber(ARGV[1]) + 1
 redis.call('HSET', KEYS[1], 'v', nv, 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5]) end
 return nv
 """
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _down_is_store_down(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Connection trouble becomes :class:`StoreDown`, so callers retry the work instead of failing it."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreDown(type(exc).__name__) from exc
+
+    return wrapper
 
 
 class RedisStore:
@@ -36,20 +59,35 @@ class RedisStore:
         client = aioredis.from_url(url, decode_responses=True, health_check_interval=30)
         return cls(client, keys, idle_ttl_s, dedup_ttl_s)
 
+    @_down_is_store_down
     async def load(self, key: str) -> DialogueState:
         version, raw = await self.client.hmget(self.keys.state(key), ["v", "d"])
         if version is None or raw is None:
             return DialogueState(key=key)
         return DialogueState.from_json(key, int(version), raw)
 
-    async def save(self, state: DialogueState, *, expected_version: int) -> DialogueState:
+    @_down_is_store_down
+    async def save(
+        self, state: DialogueState, *, expected_version: int, ledger: LedgerEntry | None = None
+    ) -> DialogueState:
         saved = state.replace(updated_at=time.time())
-        result = await self._cas(
-            keys=[self.keys.state(state.key)], args=[str(expected_version), saved.to_json(), self._idle_ms]
-        )
+        keys = [self.keys.state(state.key)]
+        args: list[str | int] = [str(expected_version), saved.to_json(), self._idle_ms]
+        if ledger is not None:
+            keys.append(self.keys.reply(state.key, ledger.dedup_key))
+            args += [ledger.replies, self._dedup_s * 1000]
+        result = await self._cas(keys=keys, args=args)
         if int(result) < 0:
             raise VersionConflict(state.key)
         return saved.replace(version=int(result))
+
+    @_down_is_store_down
+    async def ledger(self, conversation: str, dedup_key: str) -> str | None:
+        return await self.client.get(self.keys.reply(conversation, dedup_key))
+
+    @_down_is_store_down
+    async def mark_sent(self, conversation: str, dedup_key: str) -> None:
+        await self.client.set(self.keys.reply(conversation, dedup_key), SENT, ex=self._dedup_s)
 
     async def delete(self, key: str) -> None:
         await self.client.delete(self.keys.state(key))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.config import EngineConfig
+from engine.config import EngineConfig
 
 
 @pytest.fixture(scope="session")

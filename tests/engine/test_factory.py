@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from bot.config import EngineConfig
 from engine.base import EngineError
+from engine.config import EngineConfig
 from engine.factory import UnavailableEngine, open_engine
 
 
@@ -28,6 +29,13 @@ def test_hf_kind_gives_the_local_engine() -> None:
 
     engine = open_engine(EngineConfig(kind="hf", model_path="/nonexistent"))
     assert isinstance(engine, HFEngine) and engine.state == "new"
+    assert engine.base_dir is None  # relative paths: the current directory
+
+
+def test_base_dir_reaches_the_local_engine(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    engine = open_engine(EngineConfig(kind="hf", model_path="model"), base_dir=tmp_path)
+    assert engine is not None and engine.base_dir == tmp_path  # type: ignore[attr-defined]
 
 
 def test_importing_the_factory_does_not_import_torch() -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from bot.config import EngineConfig
 from engine.base import EngineError, EngineOverloaded, generate
 from engine.batcher import EngineDeadlineExceeded
+from engine.config import EngineConfig
 from engine.streaming import REPLACEMENT
 from tests.engine.helpers import ask, until
 
@@ -211,6 +211,21 @@ async def test_missing_model_path_raises_engine_error(engine_cfg: Callable[..., 
     with pytest.raises(EngineError, match="cannot load model"):
         await empty.start()
     assert empty.state == "failed"
+
+
+async def test_relative_paths_resolve_against_base_dir(
+    engine_cfg: Callable[..., EngineConfig], tiny_model: Path
+) -> None:
+    """The model path is relative to base_dir; an adapter path to the model first, then to base_dir."""
+    adapters = {"zh": "adapters/zh", "en": f"{tiny_model.name}/adapters/en"}
+    engine = await started(engine_cfg(model_path=tiny_model.name, adapters=adapters), base_dir=tiny_model.parent)
+    try:
+        assert engine.adapters == ("zh", "en")
+    finally:
+        await engine.close()
+    lost = HFEngine(engine_cfg(model_path=tiny_model.name), base_dir=tiny_model.parent / "elsewhere")
+    with pytest.raises(EngineError, match="elsewhere"):
+        await lost.start()
 
 
 async def test_bad_adapter_path_raises_engine_error(engine_cfg: Callable[..., EngineConfig], tmp_path: Path) -> None:

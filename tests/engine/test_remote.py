@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from bot.config import EngineConfig, OpenAIConfig
 from engine.base import ChatMessage, EngineError, GenerationRequest, generate
 from engine.batcher import EngineDeadlineExceeded
+from engine.config import EngineConfig, OpenAIConfig
 from engine.remote import RemoteEngine
 from tests.fakes.openai_server import FakeOpenAI
 

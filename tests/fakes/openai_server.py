@@ -11,6 +11,9 @@ Each POST /v1/chat/completions takes the next step from ``script`` (the last one
 * ``"break:K"`` stream K tokens, then drop the connection;
 * ``"error:K"`` stream K tokens, then an in-band ``{"error": ...}`` event, and end.
 
+With ``echo`` every answer is ``答：<the last user message>#<request number>``, so a test can tell
+which question an answer belongs to and whether it was generated once.
+
 ``delay`` (seconds) and ``pace(i)`` (awaited) run before each token ``i``. Every request's
 JSON body and headers are recorded; ``disconnected`` is set when a client goes away mid-stream.
 
@@ -41,7 +44,9 @@ class FakeOpenAI:
         pace: Callable[[int], Awaitable[Any]] | None = None,
         hang_s: float = 30.0,
         model: str = "fake",
+        echo: bool = False,
     ) -> None:
+        self.echo = echo  # answer each request with the last user message (so every answer names its question)
         self.tokens = list(tokens)
         self.script = list(script)
         self.delay = delay
@@ -92,11 +97,15 @@ class FakeOpenAI:
         after = int(k) if k else None
         if mode == "hang":
             await asyncio.sleep(self.hang_s)
+        tokens = self.tokens
+        if self.echo:
+            asked = [m["content"] for m in self.requests[-1]["messages"] if m.get("role") == "user"]
+            tokens = ["答：", asked[-1] if asked else "", f"#{len(self.requests)}"]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         try:
             await resp.write(b": keep-alive comment\r\n\r\n")
-            for i, token in enumerate(self.tokens):
+            for i, token in enumerate(tokens):
                 if i == after:
                     if mode == "break":
                         request.transport.close()  # type: ignore[union-attr]

@@ -139,7 +139,7 @@ async def test_bad_signatures_are_refused_and_nothing_is_sent(
     assert got == status
     assert json.loads(body)["error"] in ("invalid_signature", "stale_timestamp")
     await hub.settle()
-    assert hub.services.hub.pending == 0
+    assert await hub.services.hub.pending() == 0
     assert fake_dingtalk.webhook_calls == [] and fake_dingtalk.robot_sends == []
     # the same message, properly signed, is still answered: a refused request used up nothing
     assert (await hub.post(robot_message("msgSIGN01", webhook=fake_dingtalk.webhook())))[0] == 200

@@ -40,6 +40,7 @@ class FakeWecom:
     robot_script: list[int] = field(default_factory=list)
     send_gate: asyncio.Event | None = None  # when set, message/send waits for it
     token_delay_s: float = 0.0
+    token_gate: asyncio.Event | None = None  # when set, gettoken waits for it
     _issued: int = 0
 
     @property
@@ -63,6 +64,8 @@ class FakeWecom:
         self.gettoken.append(Call(dict(request.query), None))
         if self.token_delay_s:
             await asyncio.sleep(self.token_delay_s)
+        if self.token_gate is not None:
+            await self.token_gate.wait()
         if request.query.get("corpsecret") == "wrong":
             return web.json_response({"errcode": 40001, "errmsg": "invalid credential"})
         self._issued += 1

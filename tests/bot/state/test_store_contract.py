@@ -125,3 +125,18 @@ async def test_memory_store_sweeps_expired_entries() -> None:
     now[0] += 86400 + 61
     await store.first_seen("new")
     assert len(store._states) == 0 and set(store._seen) == {"new"}
+
+
+async def test_ledger_is_written_with_the_state_and_keeps_no_text_once_sent(store: StateStore) -> None:
+    from bot.state import SENT, LedgerEntry
+
+    assert await store.ledger("web::u1", "web::m1") is None
+    state = await store.load("web::u1")
+    with pytest.raises(VersionConflict):  # a refused save records no replies either
+        await store.save(state.replace(node="x"), expected_version=5, ledger=LedgerEntry("web::m1", '["早"]'))
+    assert await store.ledger("web::u1", "web::m1") is None
+    await store.save(state.replace(node="x"), expected_version=0, ledger=LedgerEntry("web::m1", '["您好，退款三天到账"]'))
+    assert await store.ledger("web::u1", "web::m1") == '["您好，退款三天到账"]'
+    assert await store.ledger("web::u1", "web::m2") is None
+    await store.mark_sent("web::u1", "web::m1")
+    assert await store.ledger("web::u1", "web::m1") == SENT

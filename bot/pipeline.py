@@ -1,0 +1,188 @@
+"""A turn as a pipeline of small steps around one typed :class:`TurnContext`.
+
+    ledger ─> [load ─> dialogue ─> (safety, cache …) ─> save] ─> deliver
+               └── run again from ``load`` when the compare-and-set save loses a race
+
+``ledger`` (only when the inbox can redeliver) makes a redelivered event
+answered once, with the same words: if its replies were already sent it
+stops, if they were recorded but not sent it sends those. The bracketed part
+decides: a step reads and changes ``ctx.state`` / ``ctx.replies``, and may set
+``ctx.decided`` so later deciding steps are skipped (a safety refusal, a cache
+hit). ``save`` writes the new state and the replies in one atomic step. Later
+features (input and output filters, the Q&A cache, A/B arms) are one more
+:class:`Step` in the list, not a change to the hub. Each step is timed in
+``kefu_turn_step_seconds{step}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bot import codec, messages
+from bot.answer import StreamFn, no_stream
+from bot.metrics import Metrics
+from bot.state import SENT, DialogueState, LedgerEntry, StateStore, StoreDown, VersionConflict
+from bot.turn import TurnHandler
+from bot.types import Event, Reply
+
+log = logging.getLogger(__name__)
+
+CAS_ATTEMPTS = 12  # with jittered backoff; contention needs two processes on one conversation
+
+
+@dataclass(slots=True)
+class TurnContext:
+    """Everything one turn knows; mutable because each step adds to it."""
+
+    event: Event
+    redelivered: bool = False
+    stream: StreamFn = no_stream
+    state: DialogueState | None = None
+    replies: tuple[Reply, ...] = ()
+    decided: bool = False  # a deciding step answered; the rest of the deciding steps are skipped
+    resend: bool = False  # the replies come from the ledger of an earlier delivery
+    done: bool = False  # nothing left to do (already sent)
+    outcome: str = "ok"  # ok | timeout | error | send_error | resent | duplicate
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Step(Protocol):
+    name: str
+
+    async def run(self, ctx: TurnContext) -> None: ...
+
+
+class LoadState:
+    name = "load"
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    async def run(self, ctx: TurnContext) -> None:
+        ctx.state = await self.store.load(ctx.event.ref.key)
+
+
+class Dialogue:
+    """The turn handler (the dialogue graph or the simple responder) decides replies and the next state."""
+
+    name = "dialogue"
+
+    def __init__(self, handler: TurnHandler) -> None:
+        self.handler = handler
+
+    async def run(self, ctx: TurnContext) -> None:
+        assert ctx.state is not None
+        result = await self.handler.handle(ctx.event, ctx.state, ctx.stream)
+        ctx.state, ctx.replies, ctx.decided = result.state, result.replies, True
+
+
+class TurnPipeline:
+    def __init__(
+        self,
+        store: StateStore,
+        deciding: Sequence[Step],
+        deliver: Callable[[Event, Sequence[Reply]], Awaitable[None]],
+        metrics: Metrics,
+        *,
+        ledger: bool,
+    ) -> None:
+        self.store = store
+        self.load = LoadState(store)
+        self.deciding = tuple(deciding)
+        self.deliver = deliver
+        self.metrics = metrics
+        self.ledger = ledger
+
+    async def run(self, ctx: TurnContext, deadline_s: float) -> None:
+        """Run the turn; a turn that fails or passes its deadline is answered with an apology (marked sent
+        like any answer, so a redelivery does not answer twice). :class:`StoreDown` is not a failed turn:
+        it propagates, and the caller runs the event again once the store is back."""
+        event = ctx.event
+        if self.ledger and ctx.redelivered:
+            await self._timed("ledger", self._from_ledger, ctx)
+            if ctx.done:
+                return
+        if not ctx.resend:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    await self._decide(ctx)
+            except StoreDown:
+                raise
+            except TimeoutError:
+                ctx.outcome = "timeout"
+                log.error("turn for %s event %s passed its %.0fs deadline", event.ref.channel, event.id, deadline_s)
+            except Exception:
+                ctx.outcome = "error"
+                log.exception("turn for %s event %s failed", event.ref.channel, event.id)
+            if ctx.outcome != "ok":
+                text = messages.text("apology", event.lang or "zh")
+                ctx.replies = (Reply(event.ref, text, in_reply_to=event.id, source="system"),)
+        await self._timed("deliver", self._deliver, ctx)
+
+    async def _decide(self, ctx: TurnContext) -> None:
+        for attempt in range(CAS_ATTEMPTS):
+            ctx.decided = False
+            await self._timed("load", self.load.run, ctx)
+            assert ctx.state is not None
+            loaded = ctx.state.version
+            for step in self.deciding:
+                if ctx.decided:
+                    break
+                await self._timed(step.name, step.run, ctx)
+            entry = LedgerEntry(ctx.event.dedup_key, codec.encode_replies(ctx.replies)) if self.ledger else None
+            started = time.perf_counter()
+            try:
+                ctx.state = await self.store.save(ctx.state, expected_version=loaded, ledger=entry)
+                return
+            except VersionConflict:
+                self.metrics.state_conflicts.inc()
+                log.info("state of %s changed under turn %s; running it again", ctx.event.ref.key, ctx.event.id)
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+            finally:
+                self._observe("save", ctx, time.perf_counter() - started)
+        raise RuntimeError(f"could not save the state after {CAS_ATTEMPTS} attempts")
+
+    async def _from_ledger(self, ctx: TurnContext) -> None:
+        recorded = await self.store.ledger(ctx.event.ref.key, ctx.event.dedup_key)
+        if recorded is None:
+            return
+        if recorded == SENT:
+            ctx.done, ctx.outcome = True, "duplicate"
+            log.info("%s event %s was answered before its redelivery; not sent again", ctx.event.ref.channel,
+                     ctx.event.id)
+            return
+        ctx.replies, ctx.resend, ctx.outcome = codec.decode_replies(recorded), True, "resent"
+        log.info("%s event %s redelivered after its answer was decided; sending that answer", ctx.event.ref.channel,
+                 ctx.event.id)
+
+    async def _deliver(self, ctx: TurnContext) -> None:
+        """A failed send is counted, not retried by redelivery: the channels already retry what is safe to
+        retry, and a send that broke off may have arrived (a second copy is worse than none)."""
+        try:
+            await self.deliver(ctx.event, ctx.replies)
+        except Exception:
+            ctx.outcome = "send_error"
+            self.metrics.send_errors.labels(ctx.event.ref.channel).inc()
+            log.exception("%s failed to deliver the answer to event %s", ctx.event.ref.channel, ctx.event.id)
+        if self.ledger:  # also after a failed turn's apology, so a redelivery does not answer a second time
+            try:
+                await self.store.mark_sent(ctx.event.ref.key, ctx.event.dedup_key)
+            except StoreDown:  # the send happened; the ack that follows keeps it from being redelivered
+                log.warning("could not mark %s event %s as sent", ctx.event.ref.channel, ctx.event.id)
+
+    async def _timed(self, name: str, fn: Callable[[TurnContext], Awaitable[None]], ctx: TurnContext) -> None:
+        started = time.perf_counter()
+        try:
+            await fn(ctx)
+        finally:
+            self._observe(name, ctx, time.perf_counter() - started)
+
+    def _observe(self, name: str, ctx: TurnContext, seconds: float) -> None:
+        ctx.timings[name] = ctx.timings.get(name, 0.0) + seconds
+        self.metrics.turn_step.labels(name).observe(seconds)
