@@ -26,7 +26,7 @@ run: $(VENV)/.run-deps
 test: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	bash scripts/browser-deps.sh
-	bash scripts/with-redis.sh $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	bash scripts/with-redis.sh bash scripts/with-rabbitmq.sh $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .

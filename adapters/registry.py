@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from adapters.api import ApiAdapter
-from adapters.base import ChannelAdapter
+from adapters.base import Channel, ChannelAdapter
 from bot.services import Services
+
+
+def build_channels(services: Services) -> list[Channel]:
+    """Every configured channel, as its inbound half and its sender."""
+    return [Channel(a.name, sender=a, inbound=a) for a in build_adapters(services)]
 
 
 def build_adapters(services: Services) -> list[ChannelAdapter]:

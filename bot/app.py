@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from adapters.registry import build_adapters
+from adapters.registry import build_channels
 from bot.config import Config
 from bot.http import METRICS_KEY, error_middleware, json_response
 from bot.services import Role, Services
@@ -32,11 +32,12 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
     app = web.Application(middlewares=[error_middleware], client_max_size=_MAX_REQUEST_BYTES)
     app[METRICS_KEY] = services.metrics
     app[SERVICES_KEY] = services
-    adapters = build_adapters(services)
-    for adapter in adapters:
-        services.hub.register(adapter.name, adapter)  # a worker sends through every channel
-        if services.takes_events:
-            app.router.add_routes(adapter.routes())
+    channels = build_channels(services)
+    inbound = [c.inbound for c in channels if c.inbound is not None] if services.takes_events else []
+    for channel in channels:
+        services.hub.register(channel.name, channel.sender)  # a worker sends through every channel
+    for half in inbound:
+        app.router.add_routes(half.routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -47,27 +48,27 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await services.start()
-        if services.takes_events:  # inbound connections (DingTalk Stream mode) belong to gateways
-            for adapter in adapters:
-                await adapter.start()
+        for half in inbound:  # inbound connections (DingTalk Stream mode) belong to gateways
+            await half.start()
         if services.answers_events:
             await services.hub.start_consuming()
         log.info("kefu-hub %s ready: channels %s, state %s, queue %s, engine %s", services.role,
-                 [a.name for a in adapters], config.state.url.split("@")[-1],
+                 [c.name for c in channels], config.state.url.split("@")[-1],
                  config.queue.url.split("@")[-1] or "in-process", config.engine.kind)
         yield
         await services.hub.close()  # answer what was accepted while channels can still send
-        for adapter in adapters:
+        halves: list[object] = [*inbound, *(c.sender for c in channels)]
+        for half in {id(h): h for h in halves}.values():  # a channel not yet split is both halves
             try:
-                await adapter.close()
+                await half.close()  # type: ignore[attr-defined]
             except Exception:
-                log.exception("closing channel %s failed", adapter.name)
+                log.exception("closing channel %s failed", getattr(half, "name", "?"))
         await services.close()
 
     async def end_long_requests(_app: web.Application) -> None:
         """Before aiohttp waits for open handlers: end streams (SSE) so shutdown is not held up."""
-        for adapter in adapters:
-            shutdown = getattr(adapter, "shutdown", None)
+        for half in inbound:
+            shutdown = getattr(half, "shutdown", None)
             if shutdown is not None:
                 await shutdown()
 

@@ -19,6 +19,9 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from bot.config import Config, load_config
+from tests.services import PrivateRabbit, PrivateRedis, shared_rabbit_url
+from tests.services import private_rabbit as _private_rabbit
+from tests.services import private_redis as _private_redis
 
 
 def _answers(url: str) -> bool:
@@ -56,6 +59,24 @@ def redis_url() -> Iterator[str]:
     proc.terminate()
     proc.wait()
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> str:
+    """RABBITMQ_URL (set by `make test`), else 127.0.0.1:5672; fails saying to use `make test`."""
+    return shared_rabbit_url()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, to kill and restart (never the shared one)."""
+    yield from _private_redis()
+
+
+@pytest.fixture
+def private_rabbit() -> Iterator[PrivateRabbit]:
+    """A RabbitMQ node of the test's own (~6-10 s to boot), to kill and restart."""
+    yield from _private_rabbit()
 
 
 @pytest.fixture

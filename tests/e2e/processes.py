@@ -25,8 +25,8 @@ class HubProcess:
     def __init__(self, role: str, env: dict[str, str], log_dir: Path, name: str) -> None:
         self.role = role
         self.port = free_port()
-        self.env = {**os.environ, **env, "BOT__SERVER__PORT": str(self.port), "BOT__SERVER__WORKER_PORT": str(self.port),
-                    "PYTHONPATH": str(ROOT)}
+        ports = {"BOT__SERVER__PORT": str(self.port), "BOT__SERVER__WORKER_PORT": str(self.port)}
+        self.env = {**os.environ, **env, **ports, "PYTHONPATH": str(ROOT)}
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -165,6 +165,13 @@ async def deployment(redis_url: str, key_prefix: str, tmp_path: Path) -> AsyncIt
             exchanges=[f"{name}.in", f"{name}.dead", f"{name}.replies"])
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # noqa: ASYNC110 (the condition is another process's doing)
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
 def held(gate: asyncio.Event) -> Callable[[int], Awaitable[object]]:
     async def pace(_i: int) -> object:
         return await gate.wait()
@@ -186,8 +193,7 @@ async def test_kill_9_of_a_worker_mid_turn_loses_nothing_and_answers_once(deploy
     await deployment.start("worker", "worker-b")
     users, per_user = 8, 4
     await deployment.conversations(users, per_user)
-    while len(deployment.llm.requests) < users:  # one turn per conversation is inside the model
-        await asyncio.sleep(0.05)
+    await until(lambda: len(deployment.llm.requests) >= users)  # one turn per conversation is inside the model
     await asyncio.to_thread(victim.kill)
     gate.set()
     await deployment.wait_for_sends(users * per_user)
@@ -203,7 +209,7 @@ async def test_a_crash_after_the_answer_was_decided_sends_that_answer_once(deplo
     workers = [await deployment.start("worker", f"worker-{i}") for i in range(2)]
     users, per_user = 4, 2
     await deployment.conversations(users, per_user)
-    while await deployment.ledger_entries() < users:  # each conversation's first answer is decided
+    while await deployment.ledger_entries() < users:  # noqa: ASYNC110 (each conversation's first answer decided)
         await asyncio.sleep(0.05)
     generated_before = len(deployment.llm.requests)
     for w in workers:
@@ -240,8 +246,7 @@ async def test_sigterm_with_turns_in_flight_loses_nothing(deployment: Deployment
     await deployment.start("worker", "worker-b")
     users, per_user = 6, 3
     await deployment.conversations(users, per_user)
-    while len(deployment.llm.requests) < users:
-        await asyncio.sleep(0.05)
+    await until(lambda: len(deployment.llm.requests) >= users)
     stopping = asyncio.create_task(asyncio.to_thread(leaving.terminate, 60))
     await asyncio.sleep(1)  # the worker is draining: its turns are still inside the model
     gate.set()

@@ -135,7 +135,8 @@ async def test_ledger_is_written_with_the_state_and_keeps_no_text_once_sent(stor
     with pytest.raises(VersionConflict):  # a refused save records no replies either
         await store.save(state.replace(node="x"), expected_version=5, ledger=LedgerEntry("web::m1", '["早"]'))
     assert await store.ledger("web::u1", "web::m1") is None
-    await store.save(state.replace(node="x"), expected_version=0, ledger=LedgerEntry("web::m1", '["您好，退款三天到账"]'))
+    entry = LedgerEntry("web::m1", '["您好，退款三天到账"]')
+    await store.save(state.replace(node="x"), expected_version=0, ledger=entry)
     assert await store.ledger("web::u1", "web::m1") == '["您好，退款三天到账"]'
     assert await store.ledger("web::u1", "web::m2") is None
     await store.mark_sent("web::u1", "web::m1")
