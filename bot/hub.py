@@ -63,12 +63,13 @@ class Hub:
         self.origin = origin  # stamped on accepted events, so answers that must come back here find this process
         # Without a shared queue this process answers what it accepts (the embedded default).
         self._answers_own = inbox is None
-        self.inbox: Inbox = inbox or MemoryInbox(
-            store, metrics, max_pending=cfg.max_pending, max_concurrent=cfg.max_concurrent_turns
-        )
+        # The inbox runs up to max_pending conversations at once; turn slots (max_concurrent_turns)
+        # bound only the deciding part, so conversations waiting on a slow send do not block the others.
+        self.inbox: Inbox = inbox or MemoryInbox(store, metrics, max_pending=cfg.max_pending,
+                                                 max_concurrent=cfg.max_pending)
         self.pipeline = TurnPipeline(
             store, steps if steps is not None else [Dialogue(handler)], self._send, metrics,
-            ledger=self.inbox.redelivers,
+            ledger=self.inbox.redelivers, slots=asyncio.Semaphore(cfg.max_concurrent_turns),
         )
         self._sinks: dict[str, ReplySink] = {}
         self._consuming = False

@@ -3,7 +3,7 @@
     ledger ─> [load ─> dialogue ─> (safety, cache …) ─> save] ─> deliver
                └── run again from ``load`` when the compare-and-set save loses a race
 
-``ledger`` (only when the inbox can redeliver) makes a redelivered event
+``ledger`` (only when the inbox can redeliver) makes an event delivered again
 answered once, with the same words: if its replies were already sent it
 stops, if they were recorded but not sent it sends those. The bracketed part
 decides: a step reads and changes ``ctx.state`` / ``ctx.replies``, and may set
@@ -91,6 +91,7 @@ class TurnPipeline:
         metrics: Metrics,
         *,
         ledger: bool,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.store = store
         self.load = LoadState(store)
@@ -98,19 +99,24 @@ class TurnPipeline:
         self.deliver = deliver
         self.metrics = metrics
         self.ledger = ledger
+        # Turn slots bound the deciding part only (model, dialogue): a slow platform send (DingTalk's
+        # 20 a minute per robot) waits without holding a slot other conversations need.
+        self.slots = slots or asyncio.Semaphore(1 << 30)
 
     async def run(self, ctx: TurnContext, deadline_s: float) -> None:
         """Run the turn; a turn that fails or passes its deadline is answered with an apology (marked sent
         like any answer, so a redelivery does not answer twice). :class:`StoreDown` is not a failed turn:
         it propagates, and the caller runs the event again once the store is back."""
         event = ctx.event
-        if self.ledger and ctx.redelivered:
+        # Not only redeliveries: a publish whose confirm was lost is refused at the gateway and taken again
+        # from the platform's retry, so the same event can also arrive as a new message.
+        if self.ledger:
             await self._timed("ledger", self._from_ledger, ctx)
             if ctx.done:
                 return
         if not ctx.resend:
             try:
-                async with asyncio.timeout(deadline_s):
+                async with self.slots, asyncio.timeout(deadline_s):
                     await self._decide(ctx)
             except StoreDown:
                 raise

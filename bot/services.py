@@ -69,7 +69,7 @@ class Services:
         from bot.inbox.rabbit import RabbitInbox
 
         return RabbitInbox(self.config.queue, self.store, self.metrics, redis=self.redis, keys=self.keys,
-                           worker_id=self.bus.origin, max_concurrent=self.config.hub.max_concurrent_turns)
+                           worker_id=self.bus.origin, max_concurrent=self.config.hub.max_pending)
 
     def _handler(self) -> TurnHandler:
         if self.config.dialogue.enabled:  # a bad graph raises GraphError (a ConfigError) naming the node

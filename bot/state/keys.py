@@ -59,6 +59,16 @@ class Keys:
         """Marks the team as told of a handoff, so a turn run again never notifies twice."""
         return f"{self.prefix}:handoff:{dedup_key}"
 
+    def queue_workers(self) -> str:
+        """Sorted set of the live queue workers: member the worker id, score its last heartbeat (ms, Redis
+        clock). Members older than ``queue.lease_s`` are dropped; the partitions are spread over the rest."""
+        return f"{self.prefix}:queue:workers"
+
+    def queue_lease(self, partition: int) -> str:
+        """Lease on one queue partition: the id of the worker consuming it, expiring unless that worker renews
+        it, so a dead worker's partitions are claimed by the live ones."""
+        return f"{self.prefix}:queue:lease:{partition}"
+
     def conversation_keys(self, conversation_key: str) -> list[str]:
         """Every per-conversation key, for erasure: each method above whose only
         parameter is ``conversation_key`` (so a key added later is erased too)."""

@@ -172,3 +172,50 @@ async def test_closing_answers_what_was_accepted_first() -> None:
         await hub.accept(event(i))
     await hub.close(drain_s=5)
     assert [d[0] for d in sink.delivered] == [str(i) for i in range(5)]
+
+
+async def test_a_slow_send_holds_no_turn_slot_other_conversations_need() -> None:
+    class SlowForAlice(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+
+        async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
+            if event is not None and event.ref.user_id == "alice":
+                await self.release.wait()  # a platform send gate (DingTalk: 20 a minute per robot)
+            await super().deliver(event, replies)
+
+    hub = Hub(HubConfig(max_concurrent_turns=1), MemoryStore(60, 86400), CountingHandler(), Metrics())
+    sink = SlowForAlice()
+    hub.register("test", sink)
+    sink.expected = 3
+    await hub.accept(event("a", user="alice", text="a"))
+    for i, user in enumerate(("bob", "carol", "dave")):
+        await hub.accept(event(f"x{i}", user=user, text=user))
+    await asyncio.wait_for(sink.done.wait(), 5)  # one turn slot, yet the others are answered meanwhile
+    assert {d[0] for d in sink.delivered} == {"x0", "x1", "x2"}
+    sink.release.set()
+    assert await hub.drain(5)
+    assert len(sink.delivered) == 4
+
+
+async def test_a_store_outage_delays_the_answer_instead_of_failing_it() -> None:
+    from bot.state import StoreDown
+
+    class FlakyStore(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__(60, 86400)
+            self.failures = 3
+
+        async def load(self, key: str) -> DialogueState:
+            if self.failures:
+                self.failures -= 1
+                raise StoreDown("ConnectionError")
+            return await super().load(key)
+
+    store = FlakyStore()
+    hub, sink = make_hub(CountingHandler(), store)
+    await hub.accept(event("1", text="hello"))
+    assert await hub.drain(10)
+    assert sink.delivered == [("1", ("hello#1",))]  # no apology: the turn ran once the store was back
+    assert hub.metrics.turns.labels("test", "ok")._value.get() == 1
