@@ -10,6 +10,7 @@ its question and says whether it was generated once). Crashes are real:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -26,7 +27,7 @@ from aiohttp.test_utils import TestServer
 from tests.adapters.wecom.fake_wecom import FakeWecom, Sender, new_aes_key, text_xml
 from tests.e2e.processes import HubProcess
 from tests.fakes.openai_server import FakeOpenAI
-from tests.services import delete_rabbit_objects, shared_rabbit_url
+from tests.services import PrivateRabbit, PrivateRedis, delete_rabbit_objects, shared_rabbit_url
 
 CORP_ID = "ww0123456789abcdef"
 TOKEN = "kefuToken"
@@ -59,10 +60,15 @@ class Deployment:
         """One customer message as WeCom sends it; WeCom retries until it gets a 200."""
         assert self.gateway is not None
         params, body = self.sender.app_post(text_xml(user, f"{user} 第{n}条", f"{user}-{n}-{uuid.uuid4().hex[:6]}"))
-        for _ in range(50):
-            async with self.http.post(f"{self.gateway.url}/wecom/callback", params=params, data=body.encode()) as r:
-                if r.status == 200:
-                    return
+        for _ in range(150):  # WeCom retries for a while; a broker restart takes ~10 s
+            try:
+                async with self.http.post(f"{self.gateway.url}/wecom/callback", params=params,
+                                          data=body.encode()) as r:
+                    if r.status == 200:
+                        return
+                    assert r.status == 503, f"gateway answered {r.status}"
+            except aiohttp.ClientConnectionError:
+                pass
             await asyncio.sleep(0.2)
         raise AssertionError(f"gateway kept refusing {user} #{n}")
 
@@ -124,7 +130,12 @@ class Deployment:
 
 @pytest.fixture
 async def deployment(redis_url: str, key_prefix: str, tmp_path: Path) -> AsyncIterator[Deployment]:
-    rabbit = shared_rabbit_url()
+    async with open_deployment(redis_url, shared_rabbit_url(), key_prefix, tmp_path) as dep:
+        yield dep
+
+
+@contextlib.asynccontextmanager
+async def open_deployment(redis_url: str, rabbit: str, key_prefix: str, tmp_path: Path) -> AsyncIterator[Deployment]:
     wecom = FakeWecom()
     wecom.server = TestServer(wecom.app(), host="127.0.0.1")
     await wecom.server.start_server()
@@ -167,7 +178,7 @@ async def deployment(redis_url: str, key_prefix: str, tmp_path: Path) -> AsyncIt
 
 async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # noqa: ASYNC110 (the condition is another process's doing)
+    while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.05)
 
@@ -254,3 +265,24 @@ async def test_sigterm_with_turns_in_flight_loses_nothing(deployment: Deployment
     await deployment.wait_for_sends(users * per_user)
     await deployment.settled(users * per_user)
     assert_once_in_order(deployment.answers(), users, per_user)
+
+
+async def test_redis_and_rabbitmq_restarts_during_traffic_lose_nothing(
+    private_redis: PrivateRedis, private_rabbit: PrivateRabbit, key_prefix: str, tmp_path: Path
+) -> None:
+    """Both services of our own are stopped and started again while customers write; the gateway
+    answers 503 meanwhile (WeCom retries) and everything accepted is answered once the services are back."""
+    async with open_deployment(private_redis.url, private_rabbit.url, key_prefix, tmp_path) as deployment:
+        await deployment.start("gateway", "gateway")
+        await deployment.start("worker", "worker-a")
+        await deployment.start("worker", "worker-b")
+        users, per_user = 6, 12
+        traffic = asyncio.create_task(deployment.conversations(users, per_user))
+        await until(lambda: len(deployment.wecom.sends) >= 10)
+        await asyncio.to_thread(private_redis.restart)
+        await until(lambda: len(deployment.wecom.sends) >= 25, timeout_s=90)
+        await asyncio.to_thread(private_rabbit.restart)
+        await asyncio.wait_for(traffic, 180)
+        await deployment.wait_for_sends(users * per_user, timeout_s=120)
+        await deployment.settled(users * per_user, timeout_s=60)
+        assert_once_in_order(deployment.answers(), users, per_user)
