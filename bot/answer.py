@@ -120,8 +120,11 @@ class Answerer:
             messages=tuple(msgs), adapter=adapter, deadline=time.monotonic() + self.deadline_s
         )
         parts: list[str] = []
+        started = time.monotonic()
         async with asyncio.timeout(self.deadline_s):
             async for delta in self.engine.stream(request):
+                if not parts:
+                    self.metrics.engine_ttft.observe(time.monotonic() - started)
                 parts.append(delta)
                 await stream("".join(parts), delta)
         return "".join(parts)

@@ -104,4 +104,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    try:  # queue depth is read when scraped (a broker call for RabbitMQ), not on every event
+        async with asyncio.timeout(2):
+            await request.app[SERVICES_KEY].hub.pending()
+    except Exception:
+        log.warning("queue depth unavailable for /metrics")
     return web.Response(body=request.app[METRICS_KEY].render(), content_type="text/plain")

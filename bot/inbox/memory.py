@@ -137,6 +137,8 @@ class MemoryInbox:
         return False
 
     async def depth(self) -> int:
+        self.metrics.queue_depth.labels("inbox").set(self._pending)
+        self.metrics.queue_depth.labels("dead").set(len(self.dead))
         return self._pending
 
     async def close(self) -> None:
