@@ -31,6 +31,7 @@ process keeps its dedup markers and rate counters until they expire.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 from collections.abc import Mapping, Sequence
@@ -134,7 +135,7 @@ class AdminApi:
         state = await self.services.hub.update_state(
             ref.key, lambda s: handoff.agent_replied(s, text.strip(), limit, agent)
         )
-        target = handoff.ref_from_data(state.data) or ref
+        target = state.ref or ref
         await self._deliver(sink, Reply(to=target, text=text.strip(), source="agent"))
         return json_response({"delivered": True, "handed_off": state.handed_off, "key": ref.key})
 
@@ -151,12 +152,12 @@ class AdminApi:
             raise HttpError(404, "not_found", f"no conversation {ref.key} to release")
         if not current.handed_off:
             return json_response({"released": False, "key": ref.key, "message": "the bot already has it"})
-        lang = str(current.data.get("lang") or "zh")
+        lang = current.lang or "zh"
         notice = handoff.released_text(lang) if notify else None
         limit = self.services.config.state.history_turns
         state = await self.services.hub.update_state(ref.key, lambda s: handoff.released(s, notice, limit))
         if notice:
-            await self._deliver(sink, Reply(to=handoff.ref_from_data(state.data) or ref, text=notice, source="system"))
+            await self._deliver(sink, Reply(to=state.ref or ref, text=notice, source="system"))
         return json_response({"released": True, "key": ref.key})
 
     def _sink(self, channel: str) -> ReplySink:
@@ -197,6 +198,12 @@ def _state_json(state: DialogueState) -> dict[str, Any]:
         "slots": dict(state.slots),
         "handed_off": state.handed_off,
         "updated_at": state.updated_at,
-        "data": dict(state.data),
+        "data": {  # the dialogue layer's fields, under the keys they are stored with
+            "lang": state.lang,
+            "ref": None if state.ref is None else dataclasses.asdict(state.ref),
+            "handoff": None if state.handoff is None else state.handoff.to_dict(),
+            "anger": state.angry_messages,
+            "attempts": state.invalid_answers,
+        },
         "history": [{"role": t.role, "text": t.text, "ts": t.ts, "meta": dict(t.meta)} for t in state.history],
     }

@@ -18,7 +18,7 @@ class SimpleResponder:
         self.history_turns = history_turns
 
     async def handle(self, event: Event, state: DialogueState, stream: StreamFn) -> TurnResult:
-        lang = event.lang or (detect_lang(event.text) if event.text else state.data.get("lang", "zh"))
+        lang = event.lang or (detect_lang(event.text) if event.text else state.lang or "zh")
         if event.kind is EventKind.EVENT:
             if event.name in ("enter_agent", "subscribe", "open"):
                 return self._reply(state, event, messages.text("greeting", lang), "system", record_user=False)
@@ -33,7 +33,7 @@ class SimpleResponder:
         answer = await self.answerer.answer(
             event.text, lang=lang, history=history, context=event.context, stream=stream
         )
-        state = state.replace(data={**state.data, "lang": lang})
+        state = state.replace(lang=lang)
         return self._reply(state, event, answer.text, answer.source, quick_replies=answer.suggestions)
 
     def _reply(

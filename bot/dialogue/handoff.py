@@ -13,11 +13,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from bot.notify import Notifier
-from bot.state import DialogueState
+from bot.state import DialogueState, Handoff
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
 from bot.types import ConversationRef
@@ -43,42 +42,18 @@ def released_text(lang: str) -> str:
     return _RELEASED.get(lang, _RELEASED["zh"])
 
 
-def ref_to_data(ref: ConversationRef) -> dict[str, Any]:
-    """How the conversation is reached, kept in the state for proactive replies."""
-    return {"channel": ref.channel, "conversation_id": ref.conversation_id, "user_id": ref.user_id,
-            "tenant": ref.tenant, "is_group": ref.is_group}
-
-
-def ref_from_data(data: Mapping[str, Any]) -> ConversationRef | None:
-    raw = data.get("ref")
-    if not isinstance(raw, Mapping):
-        return None
-    try:
-        return ConversationRef(channel=str(raw["channel"]), conversation_id=str(raw["conversation_id"]),
-                               user_id=str(raw["user_id"]), tenant=str(raw.get("tenant") or ""),
-                               is_group=bool(raw.get("is_group")))
-    except KeyError:
-        return None
-
-
-def handoff_data(reason: str, node: str | None) -> dict[str, Any]:
-    return {"reason": reason, "node": node, "at": time.time()}
-
-
 def agent_replied(state: DialogueState, text: str, limit: int, agent: str | None = None) -> DialogueState:
     """A person answered: record it, and take the conversation over so the bot
     does not talk over them."""
-    data = dict(state.data)
-    data.setdefault("handoff", handoff_data("agent", state.node))
+    taken = state.handoff or Handoff("agent", state.node, time.time())
     meta = {"agent": agent} if agent else {}
-    return state.with_turn("agent", text, limit, **meta).replace(handed_off=True, data=data)
+    return state.with_turn("agent", text, limit, **meta).replace(handed_off=True, handoff=taken)
 
 
 def released(state: DialogueState, notice: str | None, limit: int) -> DialogueState:
     """Give the conversation back to the bot, starting again at the entry node
     (slots are kept: the customer should not have to repeat an order number)."""
-    data = {k: v for k, v in state.data.items() if k not in ("handoff", "anger", "attempts")}
-    state = state.replace(handed_off=False, node=None, data=data)
+    state = state.replace(handed_off=False, node=None, handoff=None, angry_messages=0, invalid_answers=0)
     return state.with_turn("assistant", notice, limit, source="system") if notice else state
 
 

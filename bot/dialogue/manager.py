@@ -1,11 +1,12 @@
 """The dialogue manager: the :class:`bot.turn.TurnHandler` that walks the graph.
 
 Per conversation it keeps, in :class:`bot.state.DialogueState`, the node it is
-waiting at, the slots, a bounded history, the handed-off flag and small
-counters in ``data`` (collect attempts, angry messages, language, how to
-reach the customer). The hub loads and saves that state with compare-and-set
-around each turn, so two messages from one user are answered in order and a
-turn that loses a race simply runs again; this module only decides.
+waiting at, the slots, a bounded history, the handed-off flag and why, the
+customer's language, how to reach them, and two counters (angry messages,
+invalid answers to the pending question). The hub loads and saves that state
+with compare-and-set around each turn, so two messages from one user are
+answered in order and a turn that loses a race simply runs again; this module
+only decides.
 
 Routing a message, in order:
 
@@ -43,7 +44,6 @@ from prometheus_client import Counter
 from bot import messages
 from bot.answer import Answer, Answerer, StreamFn
 from bot.config import Config, DialogueConfig
-from bot.dialogue import handoff as handoffs
 from bot.dialogue.context import estimate_tokens, fit_history
 from bot.dialogue.graph import Edge, Graph, GraphError, Node, render
 from bot.dialogue.handoff import HandoffNotifier
@@ -52,7 +52,7 @@ from bot.dialogue.loader import load_graph
 from bot.dialogue.sentiment import Sentiment, analyze
 from bot.metrics import Metrics
 from bot.notify import WebhookNotifier
-from bot.state import DialogueState, HistoryTurn
+from bot.state import DialogueState, Handoff, HistoryTurn
 from bot.text import CJK, detect_lang, normalize
 from bot.turn import TurnResult
 from bot.types import Event, EventKind, Reply
@@ -83,8 +83,10 @@ class _Turn:
     history: tuple[HistoryTurn, ...]  # before this message
     node: str | None
     slots: dict[str, Any]
-    data: dict[str, Any]
     handed_off: bool
+    handoff: Handoff | None = None
+    angry_messages: int = 0
+    invalid_answers: int = 0  # to the question of the collect node the turn waits at
     intent: IntentResult = _NO_INTENT
     sentiment: Sentiment = _NO_SENTIMENT
     consumed: bool = False  # the message already filled a slot this turn
@@ -143,7 +145,7 @@ class DialogueManager:
     async def handle(self, event: Event, state: DialogueState, stream: StreamFn) -> TurnResult:
         state = self._expire(state)
         text = (event.text or "").strip()
-        lang = event.lang or self._lang(text, state.data.get("lang"))
+        lang = event.lang or self._lang(text, state.lang)
         turn = _Turn(
             event=event,
             text=text,
@@ -151,8 +153,10 @@ class DialogueManager:
             history=state.history,
             node=state.node,
             slots=dict(state.slots),
-            data={**state.data, "lang": lang, "ref": handoffs.ref_to_data(event.ref)},
             handed_off=state.handed_off,
+            handoff=state.handoff,
+            angry_messages=state.angry_messages,
+            invalid_answers=state.invalid_answers,
         )
         if event.kind is EventKind.FEEDBACK:
             return TurnResult(state)
@@ -171,7 +175,7 @@ class DialogueManager:
         self._counters.intents.labels(turn.intent.name or "none", turn.intent.source).inc()
         self._counters.sentiment.labels(turn.sentiment.label).inc()
         if turn.sentiment.angry:
-            turn.data["anger"] = int(turn.data.get("anger", 0)) + 1
+            turn.angry_messages += 1
             log.info("angry message in %s (%s)", event.ref.key, ", ".join(turn.sentiment.terms))
         command = self._command(turn.norm)
         if state.handed_off and command != "restart":  # a person has it: record the message for them, say nothing
@@ -179,14 +183,14 @@ class DialogueManager:
 
         if command == "restart":  # also leaves a handoff: a customer tired of waiting is never stuck
             turn.slots.clear()
-            for key in ("attempts", "anger", "handoff"):
-                turn.data.pop(key, None)
+            turn.invalid_answers = turn.angry_messages = 0
+            turn.handoff = None
             turn.handed_off = False
             await self._run(turn, self.graph.entry, stream)
         elif command == "handoff":
             turn.handoff_reason = "requested"
             await self._run(turn, self.graph.handoff, stream)
-        elif int(turn.data.get("anger", 0)) >= self.cfg.anger_handoff:
+        elif turn.angry_messages >= self.cfg.anger_handoff:
             turn.handoff_reason = "anger"
             await self._run(turn, self.graph.anger, stream)
         else:
@@ -200,11 +204,10 @@ class DialogueManager:
         return TurnResult(new_state, self._replies(turn))
 
     @staticmethod
-    def _lang(text: str, previous: Any) -> str:
+    def _lang(text: str, previous: str | None) -> str:
         """The customer's language, sticky across messages that do not show one:
         an order number such as YD2405120001 or a lone "ok" keeps a Chinese
         conversation in Chinese."""
-        previous = str(previous) if previous else None
         if not text:
             return previous or "zh"
         if detect_lang(text) != "en":
@@ -321,7 +324,7 @@ class DialogueManager:
             assert node.text is not None
             self._say(turn, render(node.text.get(lang), turn.slots), "dialogue", quick)
         elif node.kind == "collect":
-            turn.data.pop("attempts", None)
+            turn.invalid_answers = 0
             turn.slots.pop(node.slot or "", None)
             if not turn.consumed and (value := self._extract(node, turn.text)) is not None:
                 # The message that led here already holds the answer ("我要退款，订单号 YD…").
@@ -346,16 +349,15 @@ class DialogueManager:
             reason = turn.handoff_reason or node.reason
             turn.handoff_reason = reason
             turn.handed_off = True
-            turn.data["handoff"] = handoffs.handoff_data(reason, node.name)
-            turn.data.pop("attempts", None)
+            turn.handoff = Handoff(reason, node.name, self.clock())
+            turn.invalid_answers = 0
             turn.node = None
             return None
         elif node.kind == "end":
             assert node.text is not None
             self._say(turn, render(node.text.get(lang), turn.slots), "dialogue", quick)
             turn.slots.clear()
-            for key in ("attempts", "anger"):
-                turn.data.pop(key, None)
+            turn.invalid_answers = turn.angry_messages = 0
             turn.node = None
             return None
         return None if node.wait else self._follow(node, turn)
@@ -365,15 +367,14 @@ class DialogueManager:
         if value is not None:
             turn.slots[node.slot or ""] = value
             turn.consumed = True
-            turn.data.pop("attempts", None)
+            turn.invalid_answers = 0
             await self._run(turn, self._follow(node, turn), stream)
             return
-        attempts = int(turn.data.get("attempts", 0)) + 1
-        if attempts > node.retries:
-            turn.data.pop("attempts", None)
+        turn.invalid_answers += 1
+        if turn.invalid_answers > node.retries:
+            turn.invalid_answers = 0
             await self._run(turn, node.on_fail or self.graph.handoff, stream)
             return
-        turn.data["attempts"] = attempts
         text = node.invalid.get(turn.lang) if node.invalid else self._text("invalid", turn.lang)
         quick = tuple(q.get(turn.lang) for q in node.quick_replies)
         self._say(turn, render(text, turn.slots), "dialogue", quick)
@@ -462,8 +463,11 @@ class DialogueManager:
 
     def _state(self, state: DialogueState, turn: _Turn, *, record_user: bool = True,
                note: str | None = None) -> DialogueState:
-        new = state.replace(node=turn.node, slots=MappingProxyType(dict(turn.slots)), handed_off=turn.handed_off,
-                            data=MappingProxyType(dict(turn.data)))
+        new = state.replace(
+            node=turn.node, slots=MappingProxyType(dict(turn.slots)), handed_off=turn.handed_off, lang=turn.lang,
+            ref=turn.event.ref, handoff=turn.handoff, angry_messages=turn.angry_messages,
+            invalid_answers=turn.invalid_answers,
+        )
         if record_user:
             new = new.with_turn(
                 "user", turn.text or note or "", self.history_turns, id=turn.event.id, intent=turn.intent.name,

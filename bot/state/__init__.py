@@ -1,8 +1,18 @@
 """Dialogue-state persistence: one protocol, an in-memory and a Redis store."""
 
-from bot.state.base import SENT, DialogueState, HistoryTurn, LedgerEntry, StateStore, StoreDown, VersionConflict
+from bot.state.base import (
+    SENT,
+    DialogueState,
+    Handoff,
+    HistoryTurn,
+    LedgerEntry,
+    StateStore,
+    StoreDown,
+    VersionConflict,
+)
 from bot.state.factory import open_store
 
 __all__ = [
-    "SENT", "DialogueState", "HistoryTurn", "LedgerEntry", "StateStore", "StoreDown", "VersionConflict", "open_store",
+    "SENT", "DialogueState", "Handoff", "HistoryTurn", "LedgerEntry", "StateStore", "StoreDown", "VersionConflict",
+    "open_store",
 ]

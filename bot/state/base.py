@@ -3,6 +3,12 @@
 Saves are compare-and-set on ``version`` so two turns racing on one
 conversation (two gateway processes, say) can never lose an update: the loser
 gets :class:`VersionConflict`, reloads and runs again.
+
+Stored as compact JSON (:meth:`DialogueState.to_json`): the dialogue layer's
+fields sit at the top level under short keys and are left out while they hold
+their default. States written before those fields existed kept them in a
+``"data"`` object under the same keys; :meth:`DialogueState.from_json` still
+reads that shape, so an upgrade does not reset live conversations.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
+
+from bot.types import ConversationRef
 
 
 def _empty() -> Mapping[str, Any]:
@@ -37,6 +45,57 @@ class HistoryTurn:
 
 
 @dataclass(frozen=True, slots=True)
+class Handoff:
+    """Why and from where a person took the conversation over."""
+
+    reason: str  # a key of bot.dialogue.handoff.REASONS, or a graph node's own reason
+    node: str | None = None  # the handoff node, or where the conversation waited when an agent stepped in
+    since: float = 0.0  # time.time() of the handoff
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "node": self.node, "at": self.since}
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Handoff | None:
+        if not isinstance(raw, Mapping) or not raw.get("reason"):
+            return None
+        node = raw.get("node")
+        return cls(reason=str(raw["reason"]), node=str(node) if node else None, since=_float(raw.get("at")))
+
+
+def ref_to_dict(ref: ConversationRef) -> dict[str, Any]:
+    """A conversation's address as stored: tenant and is_group only when set."""
+    out: dict[str, Any] = {"channel": ref.channel, "conversation_id": ref.conversation_id, "user_id": ref.user_id}
+    if ref.tenant:
+        out["tenant"] = ref.tenant
+    if ref.is_group:
+        out["is_group"] = True
+    return out
+
+
+def ref_from_dict(raw: object) -> ConversationRef | None:
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return ConversationRef(channel=str(raw["channel"]), conversation_id=str(raw["conversation_id"]),
+                               user_id=str(raw["user_id"]), tenant=str(raw.get("tenant") or ""),
+                               is_group=bool(raw.get("is_group")))
+    except KeyError:
+        return None
+
+
+def _float(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _count(value: object) -> int:
+    return max(0, int(value)) if isinstance(value, int | float) else 0
+
+
+_DIALOGUE_KEYS = ("lang", "ref", "handoff", "anger", "attempts")
+
+
+@dataclass(frozen=True, slots=True)
 class DialogueState:
     key: str
     version: int = 0  # 0: never saved
@@ -45,7 +104,12 @@ class DialogueState:
     history: tuple[HistoryTurn, ...] = ()
     handed_off: bool = False
     updated_at: float = 0.0
-    data: Mapping[str, Any] = field(default_factory=_empty)  # counters and flags owned by the dialogue layer
+    # Owned by the dialogue layer (JSON keys in brackets):
+    lang: str | None = None  # ["lang"] the customer's language, sticky across messages that show none
+    ref: ConversationRef | None = None  # ["ref"] how the customer was last reached: for agent and proactive replies
+    handoff: Handoff | None = None  # ["handoff"] set while (and because) a person has the conversation
+    angry_messages: int = 0  # ["anger"] angry messages since the flow last started or ended
+    invalid_answers: int = 0  # ["attempts"] invalid answers to the question the collect node is waiting at
 
     def replace(self, **changes: Any) -> DialogueState:
         return dataclasses.replace(self, **changes)
@@ -53,6 +117,21 @@ class DialogueState:
     def with_turn(self, role: str, text: str, limit: int, **meta: Any) -> DialogueState:
         turn = HistoryTurn(role=role, text=text, ts=time.time(), meta=MappingProxyType(dict(meta)))
         return self.replace(history=(*self.history, turn)[-limit:])
+
+    def dialogue_fields(self) -> dict[str, Any]:
+        """The dialogue layer's fields under their JSON keys, defaults left out."""
+        out: dict[str, Any] = {}
+        if self.lang:
+            out["lang"] = self.lang
+        if self.ref is not None:
+            out["ref"] = ref_to_dict(self.ref)
+        if self.handoff is not None:
+            out["handoff"] = self.handoff.to_dict()
+        if self.angry_messages:
+            out["anger"] = self.angry_messages
+        if self.invalid_answers:
+            out["attempts"] = self.invalid_answers
+        return out
 
     def to_json(self) -> str:
         return json.dumps(
@@ -62,14 +141,21 @@ class DialogueState:
                 "history": [[t.role, t.text, t.ts, dict(t.meta)] for t in self.history],
                 "handed_off": self.handed_off,
                 "updated_at": self.updated_at,
-                "data": dict(self.data),
+                **self.dialogue_fields(),
             },
             ensure_ascii=False,
+            separators=(",", ":"),
         )
 
     @classmethod
     def from_json(cls, key: str, version: int, raw: str) -> DialogueState:
         d = json.loads(raw)
+        legacy = d.get("data")  # the format before typed fields kept them in a "data" object
+        if isinstance(legacy, Mapping):
+            for name in _DIALOGUE_KEYS:
+                if name not in d and name in legacy:
+                    d[name] = legacy[name]
+        lang = d.get("lang")
         return cls(
             key=key,
             version=version,
@@ -78,9 +164,12 @@ class DialogueState:
             history=tuple(HistoryTurn(r, t, ts, MappingProxyType(m)) for r, t, ts, m in d.get("history") or ()),
             handed_off=bool(d.get("handed_off")),
             updated_at=float(d.get("updated_at") or 0.0),
-            data=MappingProxyType(d.get("data") or {}),
+            lang=str(lang) if lang else None,
+            ref=ref_from_dict(d.get("ref")),
+            handoff=Handoff.from_dict(d.get("handoff")),
+            angry_messages=_count(d.get("anger")),
+            invalid_answers=_count(d.get("attempts")),
         )
-
 
 SENT = ""  # what the ledger holds once an event's replies have left
 

@@ -44,8 +44,8 @@ class CountingHandler:
         if (g := self.gate.get(event.text or "")) is not None:
             await g.wait()
         await asyncio.sleep(random.random() / 200)
-        n = state.data.get("n", 0) + 1
-        new = state.replace(data={"n": n})
+        n = state.slots.get("n", 0) + 1
+        new = state.replace(slots={"n": n})
         return TurnResult(new, (Reply(event.ref, f"{event.text}#{n}", in_reply_to=event.id),))
 
 
@@ -143,7 +143,7 @@ async def test_two_processes_sharing_redis_lose_no_update(redis_url: str, key_pr
         await asyncio.gather(*(hubs[i % 2].accept(event(i)) for i in range(40)))
         assert all([await h.drain(20) for h in hubs])
         state = await hubs[0].store.load(event(0).ref.key)
-        assert state.data["n"] == 40
+        assert state.slots["n"] == 40
     finally:
         for c in clients:
             keys = [k async for k in c.scan_iter(match=f"{key_prefix}:*")]

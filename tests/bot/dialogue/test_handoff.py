@@ -80,9 +80,12 @@ async def test_webhook_posts_json_and_reports_failures(webhook: Webhook) -> None
 
 def test_agent_and_release_state_changes() -> None:
     taken = handoff.agent_replied(conversation(), "您好，我是小王", 20, agent="小王")
-    assert taken.handed_off and taken.history[-1].role == "agent" and taken.data["handoff"]["reason"] == "agent"
-    back = handoff.released(taken.replace(data={**taken.data, "anger": 2}), "机器人回来了", 20)
+    assert taken.handed_off and taken.history[-1].role == "agent"
+    assert taken.handoff is not None and taken.handoff.reason == "agent" and taken.handoff.since > 0
+    again = handoff.agent_replied(taken, "还在吗", 20)
+    assert again.handoff == taken.handoff  # a second agent message keeps why and since when
+    back = handoff.released(taken.replace(angry_messages=2, invalid_answers=1), "机器人回来了", 20)
     assert not back.handed_off and back.node is None
-    assert "anger" not in back.data and "handoff" not in back.data
+    assert back.angry_messages == back.invalid_answers == 0 and back.handoff is None
     assert back.slots == {"order_id": "YD2405120001"}  # the customer need not repeat it
     assert back.history[-1].text == "机器人回来了"

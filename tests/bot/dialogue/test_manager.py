@@ -4,6 +4,8 @@ while a person has the conversation."""
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import pytest
@@ -84,7 +86,7 @@ async def test_collect_gives_up_after_its_retries(services: Services) -> None:
     await talk.send("衣服尺码")
     await talk.send("不知道")
     assert await talk.send("还是不知道") == ["转人工"]
-    assert talk.state.handed_off and talk.state.data["handoff"]["reason"] == "agent"
+    assert talk.state.handed_off and talk.state.handoff is not None and talk.state.handoff.reason == "agent"
 
 
 async def test_sentiment_and_language_conditions(services: Services) -> None:
@@ -132,4 +134,17 @@ async def test_restart_takes_a_waiting_customer_back_from_a_handoff(services: Se
     talk = Talk(manager(services, SIZE))
     await talk.send("转人工")
     assert await talk.send("重新开始") == ["您好"]
-    assert not talk.state.handed_off and "handoff" not in talk.state.data
+    assert not talk.state.handed_off and talk.state.handoff is None
+
+
+async def test_a_conversation_saved_in_the_old_format_carries_on(services: Services) -> None:
+    """A state written before the typed fields (counters in a "data" object) is
+    continued where it was, not restarted: one invalid answer was already given."""
+    talk = Talk(manager(services, SIZE))
+    talk.state = DialogueState.from_json(REF.key, 4, json.dumps({
+        "node": "size", "slots": {}, "history": [], "handed_off": False, "updated_at": time.time(),
+        "data": {"lang": "zh", "attempts": 1, "ref": {"channel": "api", "conversation_id": "yan", "user_id": "yan"}},
+    }))
+    assert await talk.send("不知道") == ["转人工"]  # the second invalid answer: past retries=1
+    assert talk.state.handed_off and talk.state.handoff is not None and talk.state.handoff.node == "agent"
+    assert talk.state.invalid_answers == 0 and talk.state.ref == REF and talk.state.lang == "zh"

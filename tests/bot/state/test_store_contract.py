@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from bot.state import DialogueState, StateStore, VersionConflict
+from bot.state import DialogueState, Handoff, StateStore, VersionConflict
 from bot.state.keys import Keys
 from bot.state.memory import MemoryStore
 from bot.state.redis import RedisStore
+from bot.types import ConversationRef
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -45,6 +46,16 @@ async def test_save_then_load_round_trips_chinese(store: StateStore) -> None:
     assert [(t.role, t.text) for t in loaded.history] == [("user", "我要退款"), ("assistant", "请提供订单号")]
 
 
+async def test_the_dialogue_fields_round_trip(store: StateStore) -> None:
+    ref = ConversationRef(channel="wecom", conversation_id="group-9", user_id="张三", tenant="corp1", is_group=True)
+    state = (await store.load(ref.key)).replace(
+        lang="en", ref=ref, handoff=Handoff("anger", "agent", 1700000000.5), angry_messages=2, invalid_answers=1,
+        handed_off=True,
+    )
+    saved = await store.save(state, expected_version=0)
+    assert await store.load(ref.key) == saved == state.replace(version=1, updated_at=saved.updated_at)
+
+
 async def test_stale_version_is_refused(store: StateStore) -> None:
     first = await store.load("k")
     await store.save(first.replace(node="a"), expected_version=first.version)
@@ -58,14 +69,15 @@ async def test_concurrent_increments_lose_no_update(store: StateStore) -> None:
         while True:
             state = await store.load("counter")
             try:
-                await store.save(state.replace(data={"n": state.data.get("n", 0) + 1}), expected_version=state.version)
+                counted = state.replace(slots={"n": state.slots.get("n", 0) + 1})
+                await store.save(counted, expected_version=state.version)
                 return
             except VersionConflict:
                 await asyncio.sleep(0)
 
     await asyncio.gather(*(increment() for _ in range(25)))
     final = await store.load("counter")
-    assert final.data["n"] == 25
+    assert final.slots["n"] == 25
     assert final.version == 25
 
 
