@@ -116,8 +116,6 @@ class Hub:
         event = delivery.event
         if event.ref.channel not in self._sinks:  # a worker configured without this channel: park it, loudly
             raise LookupError(f"this worker has no channel {event.ref.channel!r}")
-        if delivery.redelivered:
-            self.metrics.queue_redeliveries.inc()
         ctx = TurnContext(event, redelivered=delivery.redelivered, stream=self._streamer(event))
         wait = 0.1
         while True:

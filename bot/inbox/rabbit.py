@@ -15,8 +15,8 @@ Topology, declared idempotently by :meth:`RabbitInbox.start` (``name`` is ``queu
   that failed ``delivery_limit`` times are parked (nothing retries them; an operator looks).
 
 Workers spread the partitions between them through Redis (:meth:`RabbitInbox._tick`): each heartbeats
-into ``keys.queue_workers()``; partition ``i`` belongs to ``sorted(live workers)[i % len(live)]``; the
-owner holds the lease ``keys.queue_lease(i)`` (renewed every ``lease_s / 3``) and only a lease holder
+into ``keys.queue_workers(name)``; partition ``i`` belongs to ``sorted(live workers)[i % len(live)]``; the
+owner holds the lease ``keys.queue_lease(name, i)`` (renewed every ``lease_s / 3``) and only a lease holder
 consumes. A partition that moves is handed over gracefully: its owner stops starting events, lets the
 running ones finish and be acknowledged, closes the partition's channel (the broker gives what is left
 back, in order) and only then deletes the lease, so the next owner never overtakes an unfinished event. A
@@ -28,8 +28,9 @@ What RabbitMQ 3.10.8 does with quorum queues, measured on the broker these tests
 order of events depends on it):
 
 * ``basic.nack(requeue=True)`` puts a message back at the *head* of the queue (the quorum queue's
-  "returns" are served before ready messages), in the order of the nacks: with 0..5 in the queue and 0, 1
-  delivered, nacking 1 then 0 redelivers 1, 0, then 2. Every return adds one to ``x-delivery-count``.
+  "returns" are served before ready messages), in the order of the nacks: with 0..5 in the queue and 0, 1, 2
+  delivered (prefetch 3), nacking 1 then 0 redelivers 1, 0, and only then 3. Every return adds one to
+  ``x-delivery-count``.
 * When a channel closes with unacknowledged messages they go back in the order they were delivered on
   it (checkout order): 3, 4, 5 delivered first, then 2, 0, 1 redelivered, closing returns 3, 4, 5, 2, 0, 1,
   each with ``redelivered`` set and ``x-delivery-count`` + 1.
@@ -482,14 +483,15 @@ class RabbitInbox:
 
     async def _heartbeat(self) -> list[str]:
         keep_ms = max(10 * self._lease_ms, 60_000)
-        members = await self._heartbeat_script(keys=[self.keys.queue_workers()],
+        members = await self._heartbeat_script(keys=[self.keys.queue_workers(self.cfg.name)],
                                                args=[self.worker_id, self._lease_ms, keep_ms])
         return sorted(_text(m) for m in members)
 
     async def _renew(self, indexes: list[int]) -> set[int]:
         held = set()
         for index in indexes:
-            if await self._renew_script(keys=[self.keys.queue_lease(index)], args=[self.worker_id, self._lease_ms]):
+            lease = self.keys.queue_lease(self.cfg.name, index)
+            if await self._renew_script(keys=[lease], args=[self.worker_id, self._lease_ms]):
                 held.add(index)
         return held
 
@@ -497,7 +499,7 @@ class RabbitInbox:
         try:
             async with asyncio.timeout(_OP_TIMEOUT_S):
                 assert self.redis is not None
-                return bool(await self.redis.set(self.keys.queue_lease(index), self.worker_id, nx=True,
+                return bool(await self.redis.set(self.keys.queue_lease(self.cfg.name, index), self.worker_id, nx=True,
                                                  px=self._lease_ms))
         except Exception as exc:
             log.warning("could not claim partition %d: %s", index, type(exc).__name__)
@@ -508,7 +510,7 @@ class RabbitInbox:
             return
         try:
             async with asyncio.timeout(_OP_TIMEOUT_S):
-                await self._release_script(keys=[self.keys.queue_lease(index)], args=[self.worker_id])
+                await self._release_script(keys=[self.keys.queue_lease(self.cfg.name, index)], args=[self.worker_id])
         except Exception as exc:  # it expires by itself
             log.warning("could not release partition %d: %s", index, type(exc).__name__)
 
@@ -553,6 +555,8 @@ class RabbitInbox:
             returns = int((message.headers or {}).get("x-delivery-count") or 0)
         except (TypeError, ValueError):
             returns = 0
+        if message.redelivered:  # a crashed or departed worker's event (local retries are counted in _handle)
+            self.metrics.queue_redeliveries.inc()
         item = _Item(message, Delivery(event, redelivered=bool(message.redelivered), attempt=1 + returns))
         key = event.ref.key
         part.boxes.setdefault(key, deque()).append(item)
@@ -711,7 +715,7 @@ class RabbitInbox:
         if self.redis is not None:
             try:
                 async with asyncio.timeout(_OP_TIMEOUT_S):
-                    await self.redis.zrem(self.keys.queue_workers(), self.worker_id)
+                    await self.redis.zrem(self.keys.queue_workers(self.cfg.name), self.worker_id)
             except Exception as exc:  # the membership expires by itself
                 log.warning("could not leave the queue workers: %s", type(exc).__name__)
         if self._sub is not None:

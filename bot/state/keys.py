@@ -38,6 +38,16 @@ class Keys:
         """The latest one-shot WeCom AI-bot response_url of a conversation, for proactive replies."""
         return f"{self.prefix}:wecom:response_url:{{{conversation_key}}}"
 
+    def api_outbox(self, conversation_key: str) -> str:
+        """List of a ``/chat`` conversation's proactive replies (an agent's) waiting for the customer's next
+        request, whichever gateway serves it; bounded and expiring (adapters/api.py)."""
+        return f"{self.prefix}:api:outbox:{{{conversation_key}}}"
+
+    def dingtalk_card(self, dedup_key: str) -> str:
+        """The DingTalk AI card an event's answer streams into (its outTrackId, and whether it was created),
+        so a turn run again on another worker updates the same card instead of opening a second one."""
+        return f"{self.prefix}:dingtalk:card:{dedup_key}"
+
     def web_events(self, conversation_key: str) -> str:
         """Stream of a web-widget conversation's messages and answer deltas, replayed to reconnecting browsers
         (keyed by the conversation, not the session id, so erasure finds it with the other per-conversation keys)."""
@@ -59,15 +69,15 @@ class Keys:
         """Marks the team as told of a handoff, so a turn run again never notifies twice."""
         return f"{self.prefix}:handoff:{dedup_key}"
 
-    def queue_workers(self) -> str:
+    def queue_workers(self, queue: str) -> str:
         """Sorted set of the live queue workers: member the worker id, score its last heartbeat (ms, Redis
         clock). Members older than ``queue.lease_s`` are dropped; the partitions are spread over the rest."""
-        return f"{self.prefix}:queue:workers"
+        return f"{self.prefix}:queue:{queue}:workers"
 
-    def queue_lease(self, partition: int) -> str:
+    def queue_lease(self, queue: str, partition: int) -> str:
         """Lease on one queue partition: the id of the worker consuming it, expiring unless that worker renews
         it, so a dead worker's partitions are claimed by the live ones."""
-        return f"{self.prefix}:queue:lease:{partition}"
+        return f"{self.prefix}:queue:{queue}:lease:{partition}"
 
     def conversation_keys(self, conversation_key: str) -> list[str]:
         """Every per-conversation key, for erasure: each method above whose only
