@@ -46,6 +46,8 @@ class StateConfig(_Section):
     idle_ttl_s: int = Field(1800, gt=0)  # a conversation idle this long restarts
     dedup_ttl_s: int = Field(86400, ge=86400)  # platform retries seen for >= 24 h
     history_turns: int = Field(20, gt=0)
+    max_connections: int = Field(100, gt=0)  # Redis connections per process; callers past it wait
+    pool_timeout_s: float = Field(5.0, gt=0)  # a wait for a free connection longer than this counts as Redis down
 
 
 class HubConfig(_Section):

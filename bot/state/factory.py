@@ -14,5 +14,6 @@ def open_store(cfg: StateConfig) -> StateStore:
     if cfg.url.startswith(("redis://", "rediss://", "unix://")):
         from bot.state.redis import RedisStore
 
-        return RedisStore.from_url(cfg.url, Keys(cfg.key_prefix), cfg.idle_ttl_s, cfg.dedup_ttl_s)
+        return RedisStore.from_url(cfg.url, Keys(cfg.key_prefix), cfg.idle_ttl_s, cfg.dedup_ttl_s,
+                                   max_connections=cfg.max_connections, pool_timeout_s=cfg.pool_timeout_s)
     raise ValueError(f"state.url: expected memory:// or redis://..., got {cfg.url!r}")

@@ -55,8 +55,13 @@ class RedisStore:
         self._cas = client.register_script(_CAS)
 
     @classmethod
-    def from_url(cls, url: str, keys: Keys, idle_ttl_s: float, dedup_ttl_s: float) -> RedisStore:
-        client = aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+    def from_url(cls, url: str, keys: Keys, idle_ttl_s: float, dedup_ttl_s: float, *, max_connections: int = 100,
+                 pool_timeout_s: float = 5.0) -> RedisStore:
+        # A blocking pool: under a backlog hundreds of conversations run at once, and a caller past the
+        # pool's size waits for a connection instead of failing with MaxConnectionsError.
+        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, health_check_interval=30,
+                                                        max_connections=max_connections, timeout=pool_timeout_s)
+        client = aioredis.Redis(connection_pool=pool)
         return cls(client, keys, idle_ttl_s, dedup_ttl_s)
 
     @_down_is_store_down

@@ -219,3 +219,18 @@ async def test_a_store_outage_delays_the_answer_instead_of_failing_it() -> None:
     assert await hub.drain(10)
     assert sink.delivered == [("1", ("hello#1",))]  # no apology: the turn ran once the store was back
     assert hub.metrics.turns.labels("test", "ok")._value.get() == 1
+
+
+async def test_more_conversations_than_redis_connections_wait_for_one(redis_url: str, key_prefix: str) -> None:
+    store = RedisStore.from_url(redis_url, Keys(key_prefix), 60, 86400, max_connections=2, pool_timeout_s=10)
+    hub, sink = make_hub(CountingHandler(), store)
+    try:
+        await asyncio.gather(*(hub.accept(event(f"m{i}", user=f"u{i}")) for i in range(40)))
+        assert await hub.drain(30)
+        assert len(sink.delivered) == 40
+        assert hub.metrics.turns.labels("test", "ok")._value.get() == 40  # no turn failed for want of a connection
+    finally:
+        keys = [k async for k in store.client.scan_iter(match=f"{key_prefix}:*")]
+        if keys:
+            await store.client.delete(*keys)
+        await store.close()
