@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+import orjson
+
 from bot.types import Attachment, ConversationRef, Event, EventKind, Reply
 
 FORMAT = 1  # bump when a field changes meaning; decoders refuse what they do not know
@@ -63,12 +65,26 @@ def encode_event(event: Event) -> bytes:
         "cd": _plain(event.channel_data),
         "origin": event.origin,
     }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return _dumps(body).encode()
+
+
+def _dumps(body: Any) -> str:
+    try:
+        return orjson.dumps(body).decode()
+    except (orjson.JSONEncodeError, TypeError):  # a lone surrogate: stdlib escapes it (\ud800) and we stay readable
+        return json.dumps(body, separators=(",", ":"))
+
+
+def _loads(raw: bytes | str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # orjson refuses escaped lone surrogates that _dumps may have written
+        return json.loads(raw)
 
 
 def decode_event(raw: bytes | str) -> Event:
     try:
-        d = json.loads(raw)
+        d = _loads(raw)
         if not isinstance(d, dict) or d.get("f") != FORMAT:
             raise CodecError(f"not an event of format {FORMAT}")
         return Event(
@@ -91,19 +107,17 @@ def decode_event(raw: bytes | str) -> Event:
 
 
 def encode_replies(replies: Sequence[Reply]) -> str:
-    return json.dumps(
+    return _dumps(
         [
             [_ref(r.to), r.text, r.markdown, list(r.quick_replies), r.in_reply_to, r.source, _plain(r.meta)]
             for r in replies
-        ],
-        ensure_ascii=False,
-        separators=(",", ":"),
+        ]
     )
 
 
 def decode_replies(raw: bytes | str) -> tuple[Reply, ...]:
     try:
-        rows = json.loads(raw)
+        rows = _loads(raw)
         return tuple(
             Reply(_unref(to), _str(text), bool(md), tuple(qr), in_reply_to, _str(source), _frozen(meta or {}))
             for to, text, md, qr, in_reply_to, source, meta in rows

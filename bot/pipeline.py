@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot import codec, messages
 from bot.answer import StreamFn, no_stream
@@ -99,6 +99,7 @@ class TurnPipeline:
         self.deliver = deliver
         self.metrics = metrics
         self.ledger = ledger
+        self._step_metric: dict[str, Any] = {}
         # Turn slots bound the deciding part only (model, dialogue): a slow platform send (DingTalk's
         # 20 a minute per robot) waits without holding a slot other conversations need.
         self.slots = slots or asyncio.Semaphore(1 << 30)
@@ -191,4 +192,7 @@ class TurnPipeline:
 
     def _observe(self, name: str, ctx: TurnContext, seconds: float) -> None:
         ctx.timings[name] = ctx.timings.get(name, 0.0) + seconds
-        self.metrics.turn_step.labels(name).observe(seconds)
+        child = self._step_metric.get(name)
+        if child is None:  # labels() costs more than the observation; steps are few
+            child = self._step_metric[name] = self.metrics.turn_step.labels(name)
+        child.observe(seconds)
