@@ -33,7 +33,7 @@ lint: $(VENV)/.test-deps
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/engine.py
-	$(BIN)/python bench/hub.py
+	bash scripts/with-redis.sh bash scripts/with-rabbitmq.sh $(BIN)/python bench/hub.py $(BENCH_ARGS)
 
 docs: $(VENV)/.run-deps
 	$(BIN)/python scripts/config_table.py --write
