@@ -2,7 +2,16 @@
 
 It is a channel like any other (``api``): requests become events and go
 through the hub, so dedup, ordering, dialogue state and fallbacks are the same
-as on WeCom or DingTalk. The HTTP request waits for its turn's replies.
+as on WeCom or DingTalk. Two halves:
+
+- :class:`ApiInbound` (gateways): ``POST /chat``; the HTTP request waits for
+  its turn's replies, which the worker that ran the turn publishes on the
+  reply bus to this gateway (the event's ``origin``).
+- :class:`ApiSender` (every process that runs turns, and the admin API's
+  agent replies): a turn's replies go on the bus; proactive replies (an
+  agent's) go into the conversation's outbox in the shared KV (Redis when
+  state is), a list bounded per conversation and expiring, so they reach the
+  customer's next ``/chat`` request on any gateway.
 """
 
 from __future__ import annotations
@@ -12,7 +21,6 @@ import hmac
 import json
 import logging
 import uuid
-from collections import deque
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -23,24 +31,24 @@ from bot.hub import Overloaded, StoreUnavailable
 from bot.services import Services
 from bot.types import ConversationRef, Event, EventKind, Reply
 
+CHANNEL = "api"
 _MAX_USER_ID = 128
-_MAX_OUTBOX = 50
-_MAX_OUTBOX_USERS = 10_000  # conversations with undelivered agent replies kept in memory
+OUTBOX_MAX = 50  # proactive replies kept per conversation; the oldest go first
+OUTBOX_TTL_S = 24 * 3600  # an agent's reply waits a day for the customer's next request
 _BUS_TOPIC = "api.answer"
 
 log = logging.getLogger(__name__)
 
 
-class ApiAdapter:
-    name = "api"
+class ApiInbound:
+    name = CHANNEL
 
     def __init__(self, services: Services) -> None:
         self.services = services
         self.cfg = services.config
         self._waiting: dict[str, asyncio.Future[Sequence[Reply]]] = {}
-        self._outbox: dict[str, deque[Reply]] = {}  # proactive messages (agent replies) until the next request
-        if services.takes_events:  # the worker that answers may be another process: replies come back by the bus
-            services.bus.subscribe(_BUS_TOPIC, self._on_answer)
+        # the worker that answers may be another process: replies come back by the bus
+        services.bus.subscribe(_BUS_TOPIC, self._on_answer)
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.post("/chat", self.chat)]
@@ -91,7 +99,7 @@ class ApiAdapter:
                 raise HttpError(503, "timeout", "no answer in time; retry shortly") from None
         finally:
             self._waiting.pop(event.id, None)
-        earlier = list(self._outbox.pop(ref.key, ()))
+        earlier = await self._take_outbox(ref)
         return json_response(
             {
                 "answer": "\n\n".join(r.text for r in replies),
@@ -104,18 +112,20 @@ class ApiAdapter:
             }
         )
 
-    async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
-        if event is not None:  # to the gateway whose request waits for it (this process, or another)
-            body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
-            await self.services.bus.publish(event.origin, _BUS_TOPIC, body)
-            return
-        for reply in replies:  # proactive (an agent's answer): kept for the user's next request
-            box = self._outbox.pop(reply.to.key, None) or deque(maxlen=_MAX_OUTBOX)
-            box.append(reply)
-            self._outbox[reply.to.key] = box  # most recent last
-            while len(self._outbox) > _MAX_OUTBOX_USERS:
-                self._outbox.pop(next(iter(self._outbox)))
-
+    async def _take_outbox(self, ref: ConversationRef) -> list[Reply]:
+        """The conversation's waiting proactive replies, oldest first, taken so no other request repeats them."""
+        try:
+            raw = await self.services.kv.list_take(self.services.keys.api_outbox(ref.key))
+        except Exception as exc:  # the answer is there; the waiting replies stay for the next request
+            log.warning("outbox of %s unreadable now (%s); left for the next request", ref.key, type(exc).__name__)
+            return []
+        earlier: list[Reply] = []
+        for item in raw:
+            try:
+                earlier.extend(codec.decode_replies(item))
+            except codec.CodecError as exc:
+                log.warning("an unreadable outbox entry of %s dropped: %s", ref.key, exc)
+        return earlier
 
     async def _on_answer(self, body: bytes) -> None:
         data = json.loads(body)
@@ -123,6 +133,29 @@ class ApiAdapter:
             fut.set_result(codec.decode_replies(data["replies"]))
         else:  # the caller gave up or went away; the answer is in the history
             log.info("api request %s ended before its answer; not queued", data["id"])
+
+
+class ApiSender:
+    name = CHANNEL
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
+        if event is not None:  # to the gateway whose request waits for it (this process, or another)
+            body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
+            await self.services.bus.publish(event.origin, _BUS_TOPIC, body)
+            return
+        for reply in replies:  # proactive (an agent's answer): kept for the user's next request, on any gateway
+            await self.services.kv.list_push(self.services.keys.api_outbox(reply.to.key),
+                                             codec.encode_replies([reply]), max_len=OUTBOX_MAX, ttl_s=OUTBOX_TTL_S)
+
+    async def erase(self, ref: ConversationRef) -> int:
+        """Forget the conversation's waiting replies (in Redis mode the admin API has already deleted the key)."""
+        return len(await self.services.kv.list_take(self.services.keys.api_outbox(ref.key)))
+
+    async def close(self) -> None:
+        return None
 
 
 def _reply_json(reply: Reply) -> dict[str, object]:

@@ -48,7 +48,3 @@ class Channel:
     name: str
     sender: Sender
     inbound: Inbound | None = None  # None: the channel only sends (e.g. a notifier-only configuration)
-
-
-class ChannelAdapter(Inbound, Sender, Protocol):
-    """A channel whose two halves are still one object (being split; see docs/architecture.md)."""

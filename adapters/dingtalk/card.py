@@ -5,18 +5,29 @@ text so far (``isFull``) at most once per ``card_update_interval_s`` by one
 background task, so the engine never waits for DingTalk, and finally
 finalized with the complete answer or marked failed. Any card failure leaves
 the answer to the ordinary message path: a reply is never lost to a card.
+
+Which card an answer streams into is kept in the shared KV (:class:`CardRecords`,
+Redis when state is), by event: a turn that runs again on another worker (its
+first worker died) streams into, and finalizes, the card the customer already
+sees instead of opening a second one. The updater task itself lives in the
+process running the turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from adapters.dingtalk.api import DingtalkApi, DingtalkError, Target
 from bot.config import DingtalkConfig
+from bot.state.keys import Keys
+from bot.state.kv import SharedKV
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +35,62 @@ log = logging.getLogger(__name__)
 PROCESSING, INPUTING, FINISHED, FAILED = "1", "2", "3", "5"
 
 
-class AiCard:
-    """One card for one answer: ``push`` partial text, then ``finish`` or ``fail``."""
+def new_out_track_id() -> str:
+    return f"kefu-{uuid.uuid4().hex}"
 
-    def __init__(self, api: DingtalkApi, cfg: DingtalkConfig, target: Target) -> None:
+
+@dataclass(frozen=True, slots=True)
+class CardRecord:
+    out_track_id: str
+    created: bool = False  # created and delivered into the chat
+
+
+class CardRecords:
+    """Event (dedup key) -> the card its answer streams into, in the shared KV with a TTL."""
+
+    def __init__(self, kv: SharedKV, keys: Keys, ttl_s: float) -> None:
+        self.kv = kv
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    async def get(self, event_key: str) -> CardRecord | None:
+        raw = await self.kv.get(self.keys.dingtalk_card(event_key))
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return CardRecord(str(data["id"]), bool(data.get("created")))
+        except (ValueError, TypeError, KeyError):
+            log.warning("unreadable card record for %s ignored", event_key)
+            return None
+
+    async def reserve(self, event_key: str) -> CardRecord:
+        """The event's card: the one already recorded (the turn runs again), else a new id, recorded first."""
+        fresh = CardRecord(new_out_track_id())
+        if await self.kv.set_nx(self.keys.dingtalk_card(event_key), _dump(fresh), self.ttl_s):
+            return fresh
+        return await self.get(event_key) or fresh
+
+    async def mark_created(self, event_key: str, out_track_id: str) -> None:
+        await self.kv.set(self.keys.dingtalk_card(event_key), _dump(CardRecord(out_track_id, True)), self.ttl_s)
+
+
+def _dump(record: CardRecord) -> str:
+    return json.dumps({"id": record.out_track_id, "created": record.created})
+
+
+class AiCard:
+    """One card for one answer: ``push`` partial text, then ``finish`` or ``fail``. With ``created`` the card
+    already exists (a turn running again, or only finalizing): it is updated, never created a second time."""
+
+    def __init__(self, api: DingtalkApi, cfg: DingtalkConfig, target: Target, *, out_track_id: str | None = None,
+                 created: bool = False, on_created: Callable[[], Awaitable[None]] | None = None) -> None:
         self.api = api
         self.cfg = cfg
         self.target = target
-        self.out_track_id = f"kefu-{uuid.uuid4().hex}"
-        self.created = False
+        self.out_track_id = out_track_id or new_out_track_id()
+        self.created = created
+        self._on_created = on_created
         self.updates = 0  # intermediate updates sent; tests and logs read it
         self._latest = ""
         self._changed = asyncio.Event()
@@ -71,6 +129,14 @@ class AiCard:
             await self._stream(text, finalize=True, error=True)
         return await self._mark(FAILED, text)
 
+    async def abandon(self) -> None:
+        """Stop updating without an end (shutdown): the card stays as it is, for a rerun of the turn to finish."""
+        self._closing.set()  # also ends the loop should the cancel below be swallowed by its wait_for
+        self._changed.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
     async def _stop(self) -> bool:
         """Stop the updater after its in-flight call; True when the card exists."""
         self._closing.set()
@@ -80,12 +146,18 @@ class AiCard:
         return self.created
 
     async def _pump(self) -> None:
-        try:
-            await self._create()
-            self.created = True
-        except DingtalkError as exc:
-            log.warning("creating an AI card failed (%s); the answer goes as a message", exc)
-            return
+        if not self.created:
+            try:
+                await self._create()
+                self.created = True
+            except DingtalkError as exc:
+                log.warning("creating an AI card failed (%s); the answer goes as a message", exc)
+                return
+            if self._on_created is not None:
+                try:
+                    await self._on_created()
+                except Exception as exc:  # the card works; only a rerun on another worker would not find it
+                    log.warning("recording card %s failed: %s", self.out_track_id, exc)
         inputing = False
         while True:
             await self._changed.wait()

@@ -1,5 +1,30 @@
-"""The web channel: an embeddable chat widget with streamed answers (see adapter.py)."""
+"""The web channel: an embeddable chat widget with streamed answers.
 
-from adapters.web.adapter import WebAdapter
+:class:`WebInbound` (gateways: the widget's routes, rate limits, origin checks, SSE) and
+:class:`WebSender` (every process that runs turns: ``stream``, ``deliver``, ``erase``) share one
+event log and one feedback store, opened by :func:`open_stores`.
+"""
 
-__all__ = ["WebAdapter"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from adapters.web.events import EventLog, MemoryEventLog, RedisEventLog
+from adapters.web.feedback import FeedbackStore, MemoryFeedbackStore, RedisFeedbackStore
+from adapters.web.inbound import WebInbound
+from adapters.web.sender import WebSender
+
+if TYPE_CHECKING:
+    from bot.services import Services
+
+
+def open_stores(services: Services) -> tuple[EventLog, FeedbackStore]:
+    """The session event log and the feedback store, in Redis when state is, else in this process."""
+    cfg, idle = services.config.web, services.config.state.idle_ttl_s
+    if services.redis is not None:
+        return (RedisEventLog(services.redis, services.keys, cfg.replay_events, idle),
+                RedisFeedbackStore(services.redis, services.keys, idle))
+    return MemoryEventLog(cfg.replay_events, idle), MemoryFeedbackStore()
+
+
+__all__ = ["WebInbound", "WebSender", "open_stores"]

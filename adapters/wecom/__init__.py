@@ -1,5 +1,12 @@
-"""WeCom (企业微信): self-built app callbacks, AI bot streaming, active sends, group robot."""
+"""WeCom (企业微信): self-built app callbacks, AI bot streaming, active sends, group robot.
 
-from adapters.wecom.adapter import WecomAdapter, enabled
+:class:`WecomInbound` (gateways) verifies, decrypts and accepts callbacks; :class:`WecomSender` (every
+process that runs turns) sends answers through ``message/send``, the AI bot's stream buffers (in the KV)
+and response_url, and the reply bus for AI-bot event greetings.
+"""
 
-__all__ = ["WecomAdapter", "enabled"]
+from adapters.wecom.apps import enabled
+from adapters.wecom.inbound import WecomInbound
+from adapters.wecom.sender import WecomSender
+
+__all__ = ["WecomInbound", "WecomSender", "enabled"]

@@ -6,6 +6,13 @@ its id; the hub's partial answers are written to a buffer in the shared KV
 stream`` refresh callbacks and gets the text so far, until ``finish: true``
 after the hub delivered. The stream id is derived from the conversation and
 message id, so a redelivered first callback reopens the same stream.
+
+:class:`AibotCallbacks` is the inbound half (gateways): it opens streams,
+answers refreshes from the buffers and waits for event greetings, which come
+back on the reply bus. :class:`AibotSender` is the outbound half (any worker):
+it writes partial and final answers into the buffers, publishes greetings to
+the waiting gateway, and sends proactive replies through the conversation's
+latest response_url, kept in the KV by the gateway that received it.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.render import as_markdown, markdown_of, text_of
 from adapters.wecom.api import CallPolicy, WecomApiError
 from adapters.wecom.crypto import WecomCrypto
 from adapters.wecom.parse import aibot_event, aibot_stream_id
-from adapters.wecom.render import render
 from bot import codec, messages
 from bot.http import HttpError
 from bot.hub import Hub, Overloaded
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STREAM_LIMIT_BYTES = 20480  # WeCom's limit on a stream's content
 _RESPONSE_URL_TTL_S = 3500  # WeCom keeps a response_url usable for an hour
+BUS_TOPIC = "wecom.aibot.greeting"  # event greetings, worker -> the gateway whose callback waits
 
 
 def stream_id(ref: ConversationRef, msg_id: str) -> str:
@@ -70,25 +78,21 @@ class StreamBuffers:
         await self.kv.delete(self.keys.wecom_stream(sid))
 
 
-_BUS_TOPIC = "wecom.aibot.greeting"
 
+class AibotCallbacks:
+    """The AI bot's callbacks (gateways only)."""
 
-class AibotEndpoint:
-    def __init__(self, crypto: WecomCrypto, hub: Hub, kv: SharedKV, keys: Keys, policy: CallPolicy, *,
-                 stream_ttl_s: float, event_wait_s: float, bus: ReplyBus, listen: bool = True) -> None:
+    def __init__(self, crypto: WecomCrypto, hub: Hub, kv: SharedKV, keys: Keys, *, stream_ttl_s: float,
+                 event_wait_s: float, bus: ReplyBus) -> None:
         self.crypto = crypto
         self.hub = hub
         self.kv = kv
         self.keys = keys
-        self.policy = policy
         self.buffers = StreamBuffers(kv, keys, stream_ttl_s)
         self.event_wait_s = event_wait_s
         self._waiting: dict[str, asyncio.Future[Sequence[Reply]]] = {}
-        self.bus = bus  # event greetings go back to the gateway whose callback waits for them
-        if listen:
-            bus.subscribe(_BUS_TOPIC, self._on_greeting)
+        bus.subscribe(BUS_TOPIC, self._on_greeting)  # event greetings come back from the worker that ran the turn
 
-    # ------------------------------------------------------------------ inbound
     async def handle(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """The plaintext reply to one decrypted callback, or None for an empty answer."""
         if (sid := aibot_stream_id(msg)) is not None:
@@ -135,19 +139,8 @@ class AibotEndpoint:
                 return None
         finally:
             self._waiting.pop(event.id, None)
-        text = render(replies)
+        text = text_of(replies)
         return {"msgtype": "text", "text": {"content": text}} if text else None
-
-    # ----------------------------------------------------------------- outbound
-    async def stream(self, chunk: ReplyChunk) -> None:
-        await self.buffers.write(stream_id(chunk.to, chunk.in_reply_to), chunk.text_so_far)
-
-    async def finish(self, event: Event, replies: Sequence[Reply]) -> None:
-        if event.kind is EventKind.EVENT:
-            body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
-            await self.bus.publish(event.origin, _BUS_TOPIC, body)
-            return
-        await self.buffers.write(stream_id(event.ref, event.id), render(replies), finish=True)
 
     async def _on_greeting(self, body: bytes) -> None:
         data = json.loads(body)
@@ -156,20 +149,6 @@ class AibotEndpoint:
             fut.set_result(codec.decode_replies(data["replies"]))
         else:
             log.info("greeting for WeCom AI bot event %s came too late; dropped", data["id"])
-
-    async def send_proactive(self, reply: Reply) -> None:
-        """A reply outside a callback (an agent's answer) through the conversation's
-        latest one-shot response_url."""
-        key = self.keys.wecom_response_url(reply.to.key)
-        url = await self.kv.get(key)
-        if not url:
-            raise WecomApiError(-1, f"no usable response_url for {reply.to.key}", "aibot/response")
-        await self.kv.delete(key)
-        content = split_utf8(render([reply]), STREAM_LIMIT_BYTES)[0]
-        data = await self.policy.call("POST", url, "aibot/response", params={},
-                                      json={"msgtype": "markdown", "markdown": {"content": content}}, once=True)
-        if int(data.get("errcode") or 0) != 0:
-            raise WecomApiError(int(data["errcode"]), str(data.get("errmsg", "")), "aibot/response")
 
     def close(self) -> None:
         for fut in self._waiting.values():
@@ -183,6 +162,48 @@ class AibotEndpoint:
         return web.json_response(sealed)
 
 
+class AibotSender:
+    """AI-bot answers from whichever process ran the turn: everything it needs is in the KV or on the bus."""
+
+    def __init__(self, kv: SharedKV, keys: Keys, policy: CallPolicy, *, stream_ttl_s: float, bus: ReplyBus) -> None:
+        self.kv = kv
+        self.keys = keys
+        self.policy = policy
+        self.buffers = StreamBuffers(kv, keys, stream_ttl_s)
+        self.bus = bus
+
+    async def stream(self, chunk: ReplyChunk) -> None:
+        await self.buffers.write(stream_id(chunk.to, chunk.in_reply_to), chunk.text_so_far)
+
+    async def finish(self, event: Event, replies: Sequence[Reply]) -> None:
+        if event.kind is EventKind.EVENT:  # the gateway's callback waits for it
+            body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
+            await self.bus.publish(event.origin, BUS_TOPIC, body)
+            return
+        await self.buffers.write(stream_id(event.ref, event.id), markdown_of(replies), finish=True)
+
+    async def send_proactive(self, reply: Reply) -> None:
+        """A reply outside a callback (an agent's answer) through the conversation's
+        latest one-shot response_url."""
+        key = self.keys.wecom_response_url(reply.to.key)
+        url = await self.kv.get(key)
+        if not url:
+            raise WecomApiError(-1, f"no usable response_url for {reply.to.key}", "aibot/response")
+        await self.kv.delete(key)
+        content = split_utf8(as_markdown(reply), STREAM_LIMIT_BYTES)[0]
+        data = await self.policy.call("POST", url, "aibot/response", params={},
+                                      json={"msgtype": "markdown", "markdown": {"content": content}}, once=True)
+        if int(data.get("errcode") or 0) != 0:
+            raise WecomApiError(int(data["errcode"]), str(data.get("errmsg", "")), "aibot/response")
+
+    async def erase(self, ref: ConversationRef) -> int:
+        """Forget the conversation's response_url (in Redis mode the admin API has already deleted it)."""
+        key = self.keys.wecom_response_url(ref.key)
+        if await self.kv.get(key) is None:
+            return 0
+        await self.kv.delete(key)
+        return 1
+
+
 def _stream(sid: str, content: str, finish: bool) -> dict[str, Any]:
     return {"msgtype": "stream", "stream": {"id": sid, "finish": finish, "content": content}}
-

@@ -53,6 +53,17 @@ class Keys:
         (keyed by the conversation, not the session id, so erasure finds it with the other per-conversation keys)."""
         return f"{self.prefix}:web:events:{{{conversation_key}}}"
 
+    def web_streamed(self, conversation_key: str) -> str:
+        """Hash of a web-widget conversation's answers that were streamed (message id -> deltas), written with
+        each delta and removed when the answer is delivered, by whichever worker runs the turn, so a delivered
+        answer is never streamed again from the start. Same hash tag as :meth:`web_events`."""
+        return f"{self.prefix}:web:streamed:{{{conversation_key}}}"
+
+    def web_wakeup(self, reader_id: str) -> str:
+        """One gateway process's wake-up stream: its web event reader blocks on it with the sessions' streams,
+        so a newly watched session joins the blocked read at once. Capped at one entry, expires in a minute."""
+        return f"{self.prefix}:web:wakeup:{reader_id}"
+
     def feedback(self, conversation_key: str) -> str:
         return f"{self.prefix}:feedback:{{{conversation_key}}}"
 

@@ -1,10 +1,13 @@
 """Small shared key-value operations for adapters: cached platform tokens, one
-refresher at a time, and sliding-window rate counters. Redis when the state is
-in Redis (so every process shares them), a dict otherwise."""
+refresher at a time, sliding-window rate counters, and short bounded lists
+(messages waiting for a customer's next request). Redis when the state is in
+Redis (so every process shares them), a dict otherwise. A key holds either a
+string or a list, never both."""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -23,12 +26,21 @@ class SharedKV(Protocol):
     async def hit(self, key: str, window_s: float) -> int:
         """Count one hit in a fixed window and return the count so far."""
 
+    async def list_push(self, key: str, value: str, *, max_len: int, ttl_s: float) -> int:
+        """Append to the list at ``key``, keeping only its newest ``max_len`` items, and (re)start its TTL;
+        returns the list's length. One atomic step."""
+
+    async def list_take(self, key: str) -> list[str]:
+        """Every item of the list, oldest first, and the list deleted, in one atomic step: two takers
+        never both get an item."""
+
 
 class MemoryKV:
     _SWEEP_INTERVAL_S = 60.0
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[float, str]] = {}
+        self._lists: dict[str, tuple[float, deque[str]]] = {}
         self._next_sweep = 0.0
 
     def _sweep(self) -> None:
@@ -38,6 +50,7 @@ class MemoryKV:
         if now >= self._next_sweep:
             self._next_sweep = now + self._SWEEP_INTERVAL_S
             self._data = {k: v for k, v in self._data.items() if v[0] > now}
+            self._lists = {k: v for k, v in self._lists.items() if v[0] > now}
 
     def _live(self, key: str) -> str | None:
         item = self._data.get(key)
@@ -61,6 +74,7 @@ class MemoryKV:
 
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
+        self._lists.pop(key, None)
 
     async def hit(self, key: str, window_s: float) -> int:
         self._sweep()
@@ -69,6 +83,27 @@ class MemoryKV:
         expires = self._data[key][0] if current is not None else time.monotonic() + window_s
         self._data[key] = (expires, str(count))
         return count
+
+    async def list_push(self, key: str, value: str, *, max_len: int, ttl_s: float) -> int:
+        self._sweep()
+        items = self._live_list(key) or deque()
+        items.append(value)
+        while len(items) > max(1, max_len):
+            items.popleft()
+        self._lists[key] = (time.monotonic() + ttl_s, items)
+        return len(items)
+
+    async def list_take(self, key: str) -> list[str]:
+        items = self._live_list(key)
+        self._lists.pop(key, None)
+        return list(items or ())
+
+    def _live_list(self, key: str) -> deque[str] | None:
+        item = self._lists.get(key)
+        if item is None or item[0] <= time.monotonic():
+            self._lists.pop(key, None)
+            return None
+        return item[1]
 
 
 class RedisKV:
@@ -93,3 +128,19 @@ class RedisKV:
             pipe.pexpire(key, max(1, int(window_s * 1000)), nx=True)
             count, _ = await pipe.execute()
         return int(count)
+
+    async def list_push(self, key: str, value: str, *, max_len: int, ttl_s: float) -> int:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, value)
+            pipe.ltrim(key, -max(1, max_len), -1)
+            pipe.pexpire(key, max(1, int(ttl_s * 1000)))
+            pipe.llen(key)
+            *_, length = await pipe.execute()
+        return int(length)
+
+    async def list_take(self, key: str) -> list[str]:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, -1)
+            pipe.delete(key)
+            items, _ = await pipe.execute()
+        return list(items)

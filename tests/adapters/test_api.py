@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from adapters.api import OUTBOX_MAX, OUTBOX_TTL_S
 from bot.app import SERVICES_KEY
 from bot.config import Config
 from bot.services import Services
+from bot.state.keys import Keys
+from bot.types import ConversationRef, Reply
 from tests.conftest import make_config, start_server
 
 
@@ -130,5 +134,72 @@ async def test_readiness_fails_when_redis_is_unreachable() -> None:
         # nothing can be accepted safely: 503 so the client retries, never a 500
         status, body = await post(server, '{"query": "如何重置密码"}')
         assert status == 503 and body["error"] == "unavailable"
+    finally:
+        await server.close()
+
+
+ADMIN = {"Authorization": "Bearer api-test-admin-token"}
+
+
+async def agent_reply(server, user_id: str, text: str) -> int:
+    body = {"channel": "api", "user_id": user_id, "text": text}
+    async with aiohttp.ClientSession() as s, s.post(server.make_url("/api/agent/reply"), json=body,
+                                                    headers=ADMIN) as r:
+        return r.status
+
+
+async def test_an_agent_reply_reaches_the_next_request_on_any_gateway(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    """The agent answers through one gateway's admin API; the customer's next /chat lands on another."""
+    config = make_config({"state.url": redis_url, "state.key_prefix": key_prefix,
+                          "admin.token": ADMIN["Authorization"].split()[1]})
+    one, two = await start_server(config), await start_server(config)
+    try:
+        assert (await post(one, '{"query": "我的快递三天没动了", "user_id": "李四"}'))[0] == 200
+        assert await agent_reply(one, "李四", "您好，我是人工客服小王，正在为您查询。") == 200
+        key = Keys(key_prefix).api_outbox("api::李四")
+        assert await redis_client.llen(key) == 1
+        assert 0 < await redis_client.pttl(key) <= OUTBOX_TTL_S * 1000
+        assert key in Keys(key_prefix).conversation_keys("api::李四")  # erased with the conversation
+
+        status, body = await post(two, '{"query": "好的，谢谢", "user_id": "李四"}')
+        assert status == 200
+        assert body["messages"] == [{"text": "您好，我是人工客服小王，正在为您查询。", "source": "agent",
+                                     "quick_replies": [], "markdown": False}]
+        status, body = await post(one, '{"query": "还在吗", "user_id": "李四"}')
+        assert status == 200 and body["messages"] == []  # delivered once, by whichever gateway came first
+    finally:
+        await one.close()
+        await two.close()
+
+
+@pytest.mark.parametrize("state", ["memory", "redis"])
+async def test_the_outbox_is_bounded_and_erased_with_the_conversation(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis, state: str
+) -> None:
+    overrides = {"admin.token": ADMIN["Authorization"].split()[1]}
+    if state == "redis":
+        overrides |= {"state.url": redis_url, "state.key_prefix": key_prefix}
+    server = await start_server(make_config(overrides))
+    try:
+        sender = server.app[SERVICES_KEY].hub.sink("api")
+        ref = ConversationRef("api", "王五", "王五")
+        await sender.deliver(None, [Reply(ref, f"第{i}条", source="agent") for i in range(OUTBOX_MAX + 10)])
+        status, body = await post(server, '{"query": "你好", "user_id": "王五"}')
+        assert status == 200
+        assert [m["text"] for m in body["messages"]] == [f"第{i}条" for i in range(10, OUTBOX_MAX + 10)]
+
+        await sender.deliver(None, [Reply(ref, "稍后回复您", source="agent")])
+        async with aiohttp.ClientSession() as s, s.delete(
+            server.make_url("/api/admin/conversations/api/王五"), headers=ADMIN
+        ) as r:
+            erased = await r.json()
+        if state == "redis":
+            assert erased["deleted_keys"] == 1  # the outbox list
+        else:
+            assert erased["deleted_records"] == 1  # the one waiting reply, in this process's memory
+        status, body = await post(server, '{"query": "你好", "user_id": "王五"}')
+        assert status == 200 and body["messages"] == []
     finally:
         await server.close()

@@ -286,3 +286,33 @@ async def test_redis_and_rabbitmq_restarts_during_traffic_lose_nothing(
         await deployment.wait_for_sends(users * per_user, timeout_s=120)
         await deployment.settled(users * per_user, timeout_s=60)
         assert_once_in_order(deployment.answers(), users, per_user)
+
+
+async def test_a_poison_message_is_parked_in_the_dead_letter_queue_and_the_rest_flow(deployment: Deployment) -> None:
+    import aio_pika
+
+    await deployment.start("gateway", "gateway")
+    worker = await deployment.start("worker", "worker-a")
+    name = deployment.env["BOT__QUEUE__NAME"]
+    connection = await aio_pika.connect(deployment.env["BOT__QUEUE__URL"])
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{name}.in")
+        for i in range(PARTITIONS):  # whichever partition: a body that is no event of ours
+            await exchange.publish(aio_pika.Message(b'{"f": 1, "id": ["not", "an", "event"]}'), routing_key=str(i))
+        await deployment.conversations(3, 2)
+        await deployment.wait_for_sends(6)
+
+        async def parked() -> int:
+            q = await channel.declare_queue(f"{name}.dead", passive=True)
+            return q.declaration_result.message_count or 0
+
+        deadline = time.monotonic() + 30
+        while await parked() < PARTITIONS:
+            assert time.monotonic() < deadline, "poison messages not dead-lettered"
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    async with deployment.http.get(f"{worker.url}/metrics") as resp:
+        assert f"kefu_queue_dead_lettered_total {float(PARTITIONS)}" in await resp.text()
+    assert_once_in_order(deployment.answers(), 3, 2)

@@ -1,4 +1,4 @@
-"""AI-card streaming: the adapter's ``stream``/``deliver`` as the hub drives them, against the fake OpenAPI."""
+"""AI-card streaming: the sender's ``stream``/``deliver`` as the hub drives them, against the fake OpenAPI."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
-from adapters.dingtalk.adapter import DingtalkAdapter
 from adapters.dingtalk.parse import parse_message
+from adapters.dingtalk.sender import DingtalkSender
 from bot.config import Config
 from bot.services import Services
+from bot.state.keys import Keys
 from bot.types import Event, Reply, ReplyChunk
 from tests.adapters.dingtalk.dingtalk_fake import APP_KEY, FakeDingTalk, robot_message
 
@@ -19,21 +21,21 @@ ANSWER = "您好，订单已经发货，预计三天内送达上海，请留意�
 
 
 @pytest.fixture
-async def make_adapter(dingtalk_config: Callable[..., Config]) -> AsyncIterator[Callable[..., DingtalkAdapter]]:
+async def make_adapter(dingtalk_config: Callable[..., Config]) -> AsyncIterator[Callable[..., DingtalkSender]]:
     opened: list[Services] = []
 
-    def make(overrides: dict[str, Any] | None = None) -> DingtalkAdapter:
+    def make(overrides: dict[str, Any] | None = None) -> DingtalkSender:
         config = dingtalk_config({"dingtalk.card_template_id": "tpl-ai.schema", **(overrides or {})})
         services = Services(config)
         opened.append(services)
-        return DingtalkAdapter(services)
+        return DingtalkSender(services)
 
     yield make
     for services in opened:
         await services.close()
 
 
-async def stream_answer(adapter: DingtalkAdapter, event: Event, text: str, slow: FakeDingTalk | None = None) -> None:
+async def stream_answer(adapter: DingtalkSender, event: Event, text: str, slow: FakeDingTalk | None = None) -> None:
     """Feed the answer token by token, the way the hub forwards engine deltas. With ``slow``
     the "engine" is slower than DingTalk: it waits for the card to exist, and for an update
     to arrive halfway through (a fast engine may finish before the card is even created)."""
@@ -57,7 +59,7 @@ def answer(event: Event, text: str = ANSWER, source: str = "llm") -> Reply:
 
 
 async def test_a_streamed_answer_is_created_updated_and_finalized(
-    make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
 ) -> None:
     adapter = make_adapter({"dingtalk.card_update_interval_s": 0})
     event = parse_message(robot_message("msgCARD1", webhook=fake_dingtalk.webhook()))
@@ -83,7 +85,7 @@ async def test_a_streamed_answer_is_created_updated_and_finalized(
     assert fake_dingtalk.webhook_calls == [] and fake_dingtalk.robot_sends == []  # one answer, in the card only
 
 
-async def test_updates_are_throttled(make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk) -> None:
+async def test_updates_are_throttled(make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk) -> None:
     adapter = make_adapter({"dingtalk.card_update_interval_s": 3600})
     event = parse_message(robot_message("msgCARD2", webhook=fake_dingtalk.webhook()))
     await stream_answer(adapter, event, ANSWER * 3, slow=fake_dingtalk)
@@ -94,7 +96,7 @@ async def test_updates_are_throttled(make_adapter: Callable[..., DingtalkAdapter
 
 
 async def test_group_cards_go_to_the_group_and_mention_the_sender(
-    make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
 ) -> None:
     adapter = make_adapter()
     event = parse_message(robot_message("msgCARD3", group=True, webhook=fake_dingtalk.webhook(), staff_id="zhao6"))
@@ -107,7 +109,7 @@ async def test_group_cards_go_to_the_group_and_mention_the_sender(
 
 
 async def test_a_failed_turn_marks_the_card_failed(
-    make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
 ) -> None:
     adapter = make_adapter()
     event = parse_message(robot_message("msgCARD4", webhook=fake_dingtalk.webhook()))
@@ -122,7 +124,7 @@ async def test_a_failed_turn_marks_the_card_failed(
 
 
 async def test_when_the_card_cannot_be_created_the_answer_goes_as_a_message(
-    make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
 ) -> None:
     adapter = make_adapter()
     fake_dingtalk.fail_paths.add("/v1.0/card/instances")
@@ -134,7 +136,7 @@ async def test_when_the_card_cannot_be_created_the_answer_goes_as_a_message(
 
 
 async def test_when_the_card_cannot_be_finalized_the_answer_goes_as_a_message(
-    make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
 ) -> None:
     adapter = make_adapter()
     fake_dingtalk.fail_paths.add("/v1.0/card/streaming")
@@ -147,7 +149,7 @@ async def test_when_the_card_cannot_be_finalized_the_answer_goes_as_a_message(
 
 
 async def test_answers_that_did_not_stream_are_plain_messages(
-    make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
 ) -> None:
     adapter = make_adapter()
     event = parse_message(robot_message("msgCARD7", webhook=fake_dingtalk.webhook()))
@@ -157,7 +159,7 @@ async def test_answers_that_did_not_stream_are_plain_messages(
 
 
 async def test_without_a_template_chunks_are_ignored(
-    make_adapter: Callable[..., DingtalkAdapter], fake_dingtalk: FakeDingTalk
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
 ) -> None:
     adapter = make_adapter({"dingtalk.card_template_id": ""})
     event = parse_message(robot_message("msgCARD8", webhook=fake_dingtalk.webhook()))
@@ -165,3 +167,59 @@ async def test_without_a_template_chunks_are_ignored(
     await adapter.deliver(event, [answer(event)])
     assert fake_dingtalk.card_calls == []
     assert len(fake_dingtalk.webhook_calls) == 1
+
+
+def track_ids(fake: FakeDingTalk) -> set[str]:
+    return {body["outTrackId"] for _, _, body in fake.card_calls}
+
+
+async def test_a_turn_run_again_on_another_worker_streams_into_the_same_card(
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk, redis_client: aioredis.Redis,
+    key_prefix: str,
+) -> None:
+    """The first worker dies mid-answer; the event goes to a second worker (one Redis), which runs the
+    turn again: the customer's card is updated and finalized, no second card, no extra message."""
+    first = make_adapter({"dingtalk.card_update_interval_s": 0})
+    second = make_adapter({"dingtalk.card_update_interval_s": 0})
+    event = parse_message(robot_message("msgCARD9", webhook=fake_dingtalk.webhook()))
+    await stream_answer(first, event, ANSWER[:12], slow=fake_dingtalk)
+    await first.close()  # gone mid-answer: its updater stops, the card stays as it was
+    key = Keys(key_prefix).dingtalk_card(event.dedup_key)
+    assert 0 < await redis_client.pttl(key) <= 86400 * 1000
+
+    await stream_answer(second, event, ANSWER)
+    await second.deliver(event, [answer(event)])
+    assert len(calls(fake_dingtalk, "POST", "/v1.0/card/instances")) == 1
+    assert len(calls(fake_dingtalk, "POST", "/v1.0/card/instances/deliver")) == 1
+    assert len(track_ids(fake_dingtalk)) == 1
+    final = calls(fake_dingtalk, "PUT", "/v1.0/card/streaming")[-1]
+    assert final["content"] == ANSWER and final["isFinalize"]
+    assert calls(fake_dingtalk, "PUT", "/v1.0/card/instances")[-1]["cardData"]["cardParamMap"]["flowStatus"] == "3"
+    assert fake_dingtalk.webhook_calls == [] and fake_dingtalk.robot_sends == []
+
+
+async def test_an_answer_decided_on_one_worker_and_sent_by_another_finalizes_the_card(
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
+) -> None:
+    """The turn's answer was saved (the reply ledger) but its worker died before sending: the next worker
+    delivers it without streaming, into the card that already shows most of it."""
+    first, second = make_adapter(), make_adapter()
+    event = parse_message(robot_message("msgCARD10", webhook=fake_dingtalk.webhook()))
+    await stream_answer(first, event, ANSWER, slow=fake_dingtalk)
+    await first.close()
+    await second.deliver(event, [answer(event)])
+    assert len(calls(fake_dingtalk, "POST", "/v1.0/card/instances")) == 1 and len(track_ids(fake_dingtalk)) == 1
+    final = calls(fake_dingtalk, "PUT", "/v1.0/card/streaming")[-1]
+    assert final["content"] == ANSWER and final["isFinalize"]
+    assert fake_dingtalk.webhook_calls == []
+
+
+async def test_card_answers_list_the_suggestions(
+    make_adapter: Callable[..., DingtalkSender], fake_dingtalk: FakeDingTalk
+) -> None:
+    adapter = make_adapter()
+    event = parse_message(robot_message("msgCARD11", webhook=fake_dingtalk.webhook()))
+    await stream_answer(adapter, event, ANSWER, slow=fake_dingtalk)
+    suggested = Reply(event.ref, ANSWER, quick_replies=("物流怎么查？",), in_reply_to=event.id, source="llm")
+    await adapter.deliver(event, [suggested])
+    assert calls(fake_dingtalk, "PUT", "/v1.0/card/streaming")[-1]["content"] == f"{ANSWER}\n1. 物流怎么查？"

@@ -1,10 +1,11 @@
-"""Helpers for the web widget tests: a running hub, its web adapter, an SSE reader."""
+"""Helpers for the web widget tests: a running hub, the web channel's two halves, an SSE reader."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from adapters.web import WebAdapter
+from adapters.web import WebInbound, WebSender
+from adapters.web.events import EventLog
 from bot.app import SERVICES_KEY
 from bot.config import ROOT, Config
+from bot.services import Services
 from tests.conftest import make_config, start_server
 
 SECRET = "test-secret-0123456789abcdef"
@@ -57,20 +60,42 @@ def store_overrides(request: pytest.FixtureRequest, redis_url: str, key_prefix: 
     return {"state.url": redis_url, "state.key_prefix": key_prefix}
 
 
-WebServerFactory = Callable[..., Awaitable[tuple[TestServer, WebAdapter]]]
+@dataclass(frozen=True)
+class Web:
+    """A running server's web channel: the sender the hub delivers through and the inbound half serving routes."""
+
+    services: Services
+    sender: WebSender
+    inbound: WebInbound
+
+    @property
+    def events(self) -> EventLog:
+        assert self.inbound.events is self.sender.events  # one log, shared by both halves
+        return self.sender.events
+
+
+def web_parts(server: TestServer) -> Web:
+    services = server.app[SERVICES_KEY]
+    sender = services.hub.sink("web")
+    assert isinstance(sender, WebSender)
+    inbound = next(r.handler.__self__ for r in server.app.router.routes()  # type: ignore[attr-defined]
+                   if r.resource is not None and r.resource.canonical == "/widget.js")
+    assert isinstance(inbound, WebInbound)
+    return Web(services, sender, inbound)
+
+
+WebServerFactory = Callable[..., Awaitable[tuple[TestServer, Web]]]
 
 
 @pytest.fixture
 async def web_server(faq_path: str) -> AsyncIterator[WebServerFactory]:
     servers: list[TestServer] = []
 
-    async def factory(overrides: dict[str, Any] | None = None) -> tuple[TestServer, WebAdapter]:
+    async def factory(overrides: dict[str, Any] | None = None) -> tuple[TestServer, Web]:
         cfg: Config = make_config({"faq.path": faq_path, "web.session_secret": SECRET, **(overrides or {})})
         server = await start_server(cfg)
         servers.append(server)
-        adapter = server.app[SERVICES_KEY].hub.sink("web")
-        assert isinstance(adapter, WebAdapter)
-        return server, adapter
+        return server, web_parts(server)
 
     yield factory
     for server in servers:

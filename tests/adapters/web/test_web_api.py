@@ -13,11 +13,15 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.web import adapter as web_adapter
+from adapters.web import WebSender
+from adapters.web.events import MemoryEventLog
 from adapters.web.session import SessionTokens, new_session_id
+from bot.app import SERVICES_KEY
+from bot.services import Services
 from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
+from tests.conftest import make_config, start_server
 
-from .conftest import SECRET, WebServerFactory, auth, new_session, read_sse
+from .conftest import SECRET, Web, WebServerFactory, auth, new_session, read_sse
 
 RESET = "如何重置密码？"
 
@@ -219,11 +223,11 @@ async def test_message_is_answered_over_sse_in_order(
 
 
 async def test_redelivered_message_is_answered_once(web_server: WebServerFactory, http: aiohttp.ClientSession) -> None:
-    server, adapter = await web_server()
+    server, web = await web_server()
     s = await new_session(http, server)
     assert (await send(http, server, s["token"], RESET, client_id="same-id-01"))[1]["duplicate"] is False
     assert (await send(http, server, s["token"], RESET, client_id="same-id-01"))[1]["duplicate"] is True
-    await adapter.services.hub.drain(10)
+    await web.services.hub.drain(10)
     h = await history(http, server, s["token"])
     assert [m["role"] for m in h["messages"]] == ["user", "assistant"]
 
@@ -252,7 +256,7 @@ async def test_stream_chunks_keep_order_and_resume_without_loss_or_duplicates(
     web_server: WebServerFactory, http: aiohttp.ClientSession, store_overrides: dict
 ) -> None:
     """Tokens from the hub's ``stream(chunk)`` path, a dropped connection, a resume with Last-Event-ID."""
-    server, adapter = await web_server(store_overrides)
+    server, web = await web_server(store_overrides)
     s = await new_session(http, server)
     sid, token = s["session_id"], s["token"]
     event = Event(id=f"{sid}:llm-answer-1", kind=EventKind.MESSAGE, ref=ref(sid), text="会员怎么退？")
@@ -261,13 +265,13 @@ async def test_stream_chunks_keep_order_and_resume_without_loss_or_duplicates(
     async with http.get(server.make_url("/api/web/stream"), headers=auth(token)) as stream:
         for piece in tokens[:4]:
             so_far += piece
-            await adapter.stream(ReplyChunk(event.ref, event.id, so_far, piece))
+            await web.sender.stream(ReplyChunk(event.ref, event.id, so_far, piece))
         first = await read_sse(stream, 4)
     # the connection is gone; generation goes on
     for piece in tokens[4:]:
         so_far += piece
-        await adapter.stream(ReplyChunk(event.ref, event.id, so_far, piece))
-    await adapter.deliver(event, [Reply(event.ref, so_far, in_reply_to=event.id, source="llm",
+        await web.sender.stream(ReplyChunk(event.ref, event.id, so_far, piece))
+    await web.sender.deliver(event, [Reply(event.ref, so_far, in_reply_to=event.id, source="llm",
                                         quick_replies=("查看退款进度", "转人工"))])
     last_id = first[-1][0]
     async with http.get(server.make_url("/api/web/stream"), headers={**auth(token), "Last-Event-ID": last_id}) as again:
@@ -293,6 +297,34 @@ async def test_bad_last_event_id_is_400(web_server: WebServerFactory, http: aioh
         assert (await resp.json())["error"] == "invalid_event_id"
 
 
+async def test_an_id_from_the_future_reads_from_the_end_of_the_log(
+    web_server: WebServerFactory, http: aiohttp.ClientSession, store_overrides: dict
+) -> None:
+    """A Last-Event-ID no log gave out (far in the future) does not leave the stream deaf to what comes next."""
+    server, web = await web_server(store_overrides)
+    s = await new_session(http, server)
+    async with http.get(server.make_url("/api/web/stream"),
+                        headers={**auth(s["token"]), "Last-Event-ID": "99999999999999-0"}) as stream:
+        await stream.content.readline()
+        await web.sender.deliver(None, [Reply(ref(s["session_id"]), "还在吗？", source="agent")])
+        (_, event), = await read_sse(stream, 1, within_s=5)
+    assert event["text"] == "还在吗？"
+
+
+async def test_shutdown_ends_open_streams_at_once(
+    web_server: WebServerFactory, http: aiohttp.ClientSession, store_overrides: dict
+) -> None:
+    server, web = await web_server({**store_overrides, "web.heartbeat_s": 30})
+    s = await new_session(http, server)
+    async with http.get(server.make_url("/api/web/stream"), headers=auth(s["token"])) as stream:
+        await stream.content.readline()
+        await asyncio.sleep(0.1)  # waiting for events
+        await web.inbound.shutdown()
+        async with asyncio.timeout(2):  # not after the 30 s heartbeat
+            while await stream.content.readline():
+                pass
+
+
 async def test_open_streams_per_session_are_bounded(web_server: WebServerFactory, http: aiohttp.ClientSession) -> None:
     server, _ = await web_server({"web.max_streams_per_session": 1})
     s = await new_session(http, server)
@@ -306,35 +338,78 @@ async def test_open_streams_per_session_are_bounded(web_server: WebServerFactory
 
 
 async def test_proactive_reply_reaches_the_stream(web_server: WebServerFactory, http: aiohttp.ClientSession) -> None:
-    server, adapter = await web_server()
+    server, web = await web_server()
     s = await new_session(http, server)
     async with http.get(server.make_url("/api/web/stream"), headers=auth(s["token"])) as stream:
-        await adapter.deliver(None, [Reply(ref(s["session_id"]), "人工客服小云为您服务", source="agent")])
+        await web.sender.deliver(None, [Reply(ref(s["session_id"]), "人工客服小云为您服务", source="agent")])
         (_, event), = await read_sse(stream, 1)
     assert event["type"] == "reply" and event["message_id"] is None and event["source"] == "agent"
     assert event["answer_id"].startswith("p")
 
 
+async def streamed_marks(web: Web, sid: str) -> set[str]:
+    """The answers the event log remembers as streamed (message ids), in memory or in Redis."""
+    if isinstance(web.events, MemoryEventLog):
+        item = web.events._logs.get(sid)
+        return set(item.streamed) if item is not None else set()
+    assert web.services.redis is not None
+    return set(await web.services.redis.hkeys(web.services.keys.web_streamed(ref(sid).key)))
+
+
 async def test_an_evicted_turn_is_the_oldest_not_one_still_streaming(
-    web_server: WebServerFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+    web_server: WebServerFactory, http: aiohttp.ClientSession, store_overrides: dict
 ) -> None:
-    """Past the bound on remembered turns the oldest is forgotten, never a turn still in flight: its
-    answer must not be sent again from offset 0 (the widget would restart it)."""
-    monkeypatch.setattr(web_adapter, "_MAX_STREAMED", 3)
-    server, adapter = await web_server()
+    """Past the bound on remembered turns (memory mode; Redis keeps them until the conversation expires) the
+    oldest is forgotten, never a turn still in flight: its answer must not be sent again from offset 0
+    (the widget would restart it)."""
+    server, web = await web_server(store_overrides)
+    if isinstance(web.events, MemoryEventLog):
+        web.events.max_marks = 3
     sid = (await new_session(http, server))["session_id"]
     live = Event(id=f"{sid}:live-0001", kind=EventKind.MESSAGE, ref=ref(sid), text="会员怎么退？")
-    await adapter.stream(ReplyChunk(live.ref, live.id, "会员", "会员"))
+    await web.sender.stream(ReplyChunk(live.ref, live.id, "会员", "会员"))
     for n in range(6):  # other turns that never deliver (a shutdown), while the live one keeps streaming
-        await adapter.stream(ReplyChunk(live.ref, f"{sid}:stale-{n:04d}", "x", "x"))
-        await adapter.stream(ReplyChunk(live.ref, live.id, "会员" + "可" * (n + 1), "可"))
-    assert len(adapter._streamed) == 3 and live.id in adapter._streamed
-    assert f"{sid}:stale-0000" not in adapter._streamed
-    await adapter.deliver(live, [Reply(live.ref, "会员可退", in_reply_to=live.id, source="llm")])
-    deltas = [e for _, e in await adapter.events.entries(sid)
+        await web.sender.stream(ReplyChunk(live.ref, f"{sid}:stale-{n:04d}", "x", "x"))
+        await web.sender.stream(ReplyChunk(live.ref, live.id, "会员" + "可" * (n + 1), "可"))
+    marks = await streamed_marks(web, sid)
+    assert "live-0001" in marks
+    if isinstance(web.events, MemoryEventLog):
+        assert len(marks) == 3 and "stale-0000" not in marks
+    await web.sender.deliver(live, [Reply(live.ref, "会员可退", in_reply_to=live.id, source="llm")])
+    deltas = [e for _, e in await web.events.entries(sid)
               if e["type"] == "delta" and e["message_id"] == "live-0001"]
     assert [d["offset"] for d in deltas] == [0, 2, 3, 4, 5, 6, 7]  # no synthetic restart at offset 0
-    assert live.id not in adapter._streamed
+    assert "live-0001" not in await streamed_marks(web, sid)
+
+
+async def test_an_answer_streamed_by_one_worker_is_delivered_by_another(
+    web_server: WebServerFactory, http: aiohttp.ClientSession, redis_url: str, key_prefix: str, faq_path: str
+) -> None:
+    """A turn redelivered to another worker: what the first streamed is known there (Redis), so the answer
+    is not streamed again from the start; the gateway's SSE sees both workers' events, in order, once."""
+    shared = {"state.url": redis_url, "state.key_prefix": key_prefix}
+    gateway, gw = await web_server(shared)
+    cfg = make_config({"faq.path": faq_path, "web.session_secret": SECRET, **shared})
+    workers = [await start_server(cfg, Services(cfg, role="worker")) for _ in range(2)]
+    try:
+        senders = [w.app[SERVICES_KEY].hub.sink("web") for w in workers]
+        assert all(isinstance(s, WebSender) for s in senders) and senders[0] is not senders[1]
+        async with http.get(workers[0].make_url("/api/web/stream")) as resp:
+            assert resp.status == 404  # a worker serves no widget routes
+        s = await new_session(http, gateway)
+        sid = s["session_id"]
+        event = Event(id=f"{sid}:moved-0001", kind=EventKind.MESSAGE, ref=ref(sid), text="会员怎么退？")
+        async with http.get(gateway.make_url("/api/web/stream"), headers=auth(s["token"])) as stream:
+            await senders[0].stream(ReplyChunk(event.ref, event.id, "会员", "会员"))  # worker 0, then it dies
+            await senders[1].deliver(event, [Reply(event.ref, "会员开通 7 天内可退", in_reply_to=event.id,
+                                                   source="llm")])
+            got = await read_sse(stream, 3)
+        assert [e["type"] for _, e in got] == ["delta", "reply", "done"]
+        assert got[0][1]["offset"] == 0 and got[0][1]["text"] == "会员"
+        assert "moved-0001" not in await streamed_marks(gw, sid)
+    finally:
+        for w in workers:
+            await w.close()
 
 
 async def test_redis_down_answers_503_the_widget_retries(
@@ -342,7 +417,7 @@ async def test_redis_down_answers_503_the_widget_retries(
 ) -> None:
     """Redis unreachable: 503 ``unavailable`` with Retry-After (the widget shows "busy" and offers to
     send again), never a 500, including when the message's event-log append is what fails."""
-    server, adapter = await web_server({"state.url": "redis://127.0.0.1:1/0"})
+    server, web = await web_server({"state.url": "redis://127.0.0.1:1/0"})
     async with http.post(server.make_url("/api/web/session"), json={}) as resp:  # the per-address limit needs Redis
         assert resp.status == 503 and resp.headers["Retry-After"] == "5"
         assert (await resp.json())["error"] == "unavailable"
@@ -350,9 +425,9 @@ async def test_redis_down_answers_503_the_widget_retries(
     async def no_limit(*_args: Any) -> None:
         return None
 
-    monkeypatch.setattr(adapter.limits, "check_ip", no_limit)  # so the request reaches the event log
-    monkeypatch.setattr(adapter.limits, "check_session", no_limit)
-    token = adapter.tokens.issue(new_session_id()).token
+    monkeypatch.setattr(web.inbound.limits, "check_ip", no_limit)  # so the request reaches the event log
+    monkeypatch.setattr(web.inbound.limits, "check_session", no_limit)
+    token = web.inbound.tokens.issue(new_session_id()).token
     async with http.post(server.make_url("/api/web/messages"), json={"text": "你好", "client_id": "down-0001"},
                          headers=auth(token)) as resp:
         assert resp.status == 503 and resp.headers["Retry-After"] == "5"
@@ -360,7 +435,7 @@ async def test_redis_down_answers_503_the_widget_retries(
     for path in ("/api/web/history", "/api/web/stream"):
         async with http.get(server.make_url(path), headers=auth(token)) as resp:
             assert resp.status == 503 and (await resp.json())["error"] == "unavailable"
-    assert adapter.services.metrics.events_accepted.labels("web")._value.get() == 0
+    assert web.services.metrics.events_accepted.labels("web")._value.get() == 0
 
 
 # ---------------------------------------------------------------- history
@@ -369,11 +444,11 @@ async def test_redis_down_answers_503_the_widget_retries(
 async def test_history_restores_the_conversation(
     web_server: WebServerFactory, http: aiohttp.ClientSession, store_overrides: dict
 ) -> None:
-    server, adapter = await web_server(store_overrides)
+    server, web = await web_server(store_overrides)
     s = await new_session(http, server)
     await send(http, server, s["token"], RESET, client_id="hist-0001")
     await send(http, server, s["token"], "多少钱包邮？", client_id="hist-0002")
-    await adapter.services.hub.drain(10)
+    await web.services.hub.drain(10)
     h = await history(http, server, s["token"])
     assert [(m["role"], m.get("message_id") or m.get("answer_id")) for m in h["messages"]] == [
         ("user", "hist-0001"), ("assistant", "hist-0001"), ("user", "hist-0002"), ("assistant", "hist-0002")]
@@ -382,7 +457,7 @@ async def test_history_restores_the_conversation(
     # the cursor is the end of the log: a stream opened there replays nothing already shown
     async with http.get(server.make_url("/api/web/stream"),
                         headers={**auth(s["token"]), "Last-Event-ID": h["cursor"]}) as stream:
-        await adapter.deliver(None, [Reply(ref(s["session_id"]), "新消息", source="agent")])
+        await web.sender.deliver(None, [Reply(ref(s["session_id"]), "新消息", source="agent")])
         (_, event), = await read_sse(stream, 1)
         assert event["text"] == "新消息"
     # another visitor sees nothing of it
@@ -393,13 +468,13 @@ async def test_history_restores_the_conversation(
 async def test_history_includes_an_answer_still_streaming(
     web_server: WebServerFactory, http: aiohttp.ClientSession, store_overrides: dict
 ) -> None:
-    server, adapter = await web_server(store_overrides)
+    server, web = await web_server(store_overrides)
     s = await new_session(http, server)
     sid = s["session_id"]
-    await adapter.events.append(sid, {"type": "user", "message_id": "inflight-1", "text": "讲讲会员权益"})
+    await web.events.append(sid, {"type": "user", "message_id": "inflight-1", "text": "讲讲会员权益"})
     event_ref = ref(sid)
-    await adapter.stream(ReplyChunk(event_ref, f"{sid}:inflight-1", "云朵会员", "云朵会员"))
-    await adapter.stream(ReplyChunk(event_ref, f"{sid}:inflight-1", "云朵会员全年免邮", "全年免邮"))
+    await web.sender.stream(ReplyChunk(event_ref, f"{sid}:inflight-1", "云朵会员", "云朵会员"))
+    await web.sender.stream(ReplyChunk(event_ref, f"{sid}:inflight-1", "云朵会员全年免邮", "全年免邮"))
     h = await history(http, server, s["token"])
     assert h["messages"] == [
         {"role": "user", "text": "讲讲会员权益", "ts": None, "message_id": "inflight-1", "pending": True},
@@ -415,16 +490,16 @@ async def test_feedback_is_stored_as_training_events(
     web_server: WebServerFactory, http: aiohttp.ClientSession, redis_url: str, key_prefix: str,
     redis_client: aioredis.Redis,
 ) -> None:
-    server, adapter = await web_server({"state.url": redis_url, "state.key_prefix": key_prefix})
+    server, web = await web_server({"state.url": redis_url, "state.key_prefix": key_prefix})
     s = await new_session(http, server)
     await send(http, server, s["token"], RESET, client_id="fb-000001")
-    await adapter.services.hub.drain(10)
+    await web.services.hub.drain(10)
     for rating in ("down", "up"):
         async with http.post(server.make_url("/api/web/feedback"), headers=auth(s["token"]),
                              json={"answer_id": "fb-000001", "rating": rating}) as resp:
             assert resp.status == 200, await resp.text()
-    await adapter.services.hub.drain(10)
-    keys = adapter.services.keys
+    await web.services.hub.drain(10)
+    keys = web.services.keys
     records = await redis_client.xrange(keys.feedback_stream())
     assert [r[1]["rating"] for r in records] == ["down", "up"]
     rec = records[-1][1]
@@ -433,14 +508,14 @@ async def test_feedback_is_stored_as_training_events(
     assert isinstance(json.loads(rec["meta"]), dict)  # the reply's meta (intent, node ...) for A/B analysis
     h = await history(http, server, s["token"])
     assert h["messages"][1]["feedback"] == "up"  # a reloaded widget shows the chosen thumb
-    assert adapter.services.metrics.events_accepted.labels("web")._value.get() == 3  # message + 2 feedback events
+    assert web.services.metrics.events_accepted.labels("web")._value.get() == 3  # message + 2 feedback events
 
 
 async def test_feedback_errors(web_server: WebServerFactory, http: aiohttp.ClientSession) -> None:
-    server, adapter = await web_server()
+    server, web = await web_server()
     s = await new_session(http, server)
     await send(http, server, s["token"], RESET, client_id="fb-000002")
-    await adapter.services.hub.drain(10)
+    await web.services.hub.drain(10)
     cases = [({"answer_id": "nope-1234", "rating": "up"}, 404, "unknown_answer"),
              ({"answer_id": "fb-000002", "rating": "meh"}, 400, "invalid_rating"),
              ({"answer_id": "<script>", "rating": "up"}, 400, "invalid_answer_id")]

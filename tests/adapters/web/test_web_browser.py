@@ -85,7 +85,7 @@ async def ask(page: Any, text: str) -> Any:
 async def test_widget_end_to_end(
     web_server: WebServerFactory, browser: Any, redis_url: str, key_prefix: str, artifacts_dir: Path
 ) -> None:
-    server, adapter = await web_server({"state.url": redis_url, "state.key_prefix": key_prefix})
+    server, web = await web_server({"state.url": redis_url, "state.key_prefix": key_prefix})
     ctx, page, problems = await open_page(browser, str(server.make_url("/")), viewport={"width": 1280, "height": 820})
     assert "云朵商城" in await page.title()
 
@@ -125,8 +125,8 @@ async def test_widget_end_to_end(
     await up.click()
     await page.locator(".kf-notice.kf-ok").wait_for(state="visible")
     assert await up.get_attribute("aria-pressed") == "true"
-    keys = adapter.services.keys
-    records = await adapter.services.redis.xrange(keys.feedback_stream())
+    keys = web.services.keys
+    records = await web.services.redis.xrange(keys.feedback_stream())
     assert [(r[1]["rating"], r[1]["question"]) for r in records] == [("up", "如何重置密码？")]
 
     await page.screenshot(path=str(artifacts_dir / "widget.png"))
@@ -167,8 +167,8 @@ async def test_widget_end_to_end(
     so_far = ""
     for piece in pieces:
         so_far += piece
-        await adapter.stream(ReplyChunk(ref, event.id, so_far, piece))
-    await adapter.deliver(event, [Reply(ref, so_far, in_reply_to=event.id, source="llm",
+        await web.sender.stream(ReplyChunk(ref, event.id, so_far, piece))
+    await web.sender.deliver(event, [Reply(ref, so_far, in_reply_to=event.id, source="llm",
                                         quick_replies=("多少钱包邮？", "转人工"))])
     resumed = page.locator('.kf-row[data-answer-id="after-drop-1"]')
     await resumed.wait_for(state="visible", timeout=15_000)

@@ -6,8 +6,10 @@ import asyncio
 import json
 from typing import Any
 
+from adapters.wecom import WecomSender
 from adapters.wecom.aibot import stream_id
 from bot import messages
+from bot.services import Services
 from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -159,3 +161,32 @@ async def test_llm_tokens_reach_the_stream_before_it_finishes(wecom_hub: HubFact
     finally:
         release.set()
         await llm.close()
+
+
+async def test_a_worker_process_answers_what_the_gateway_received(wecom_hub: HubFactory,
+                                                                  fake_wecom: FakeWecom) -> None:
+    """Stream buffers and response_urls are in Redis: a sender in another process (a worker, no routes)
+    streams and finishes the answer the gateway's refresh callbacks serve, and sends proactively."""
+    hub = await wecom_hub()
+    worker = Services(hub.config, role="worker")
+    try:
+        sender = WecomSender(worker)
+        url = f"{fake_wecom.url}/cgi-bin/aibot/response?response_code=rc9"
+        status, first = await hub.post_aibot(text_msg("m7", "如何重置密码？", response_url=url))
+        await hub.settle()
+        assert status == 200 and first is not None
+        ref = ConversationRef(channel="wecom", conversation_id="lisi", user_id="lisi", tenant="aibot")
+        sid = stream_id(ref, "m8")
+        await sender.stream(ReplyChunk(ref, "m8", "**请**在登录页", "**请**在登录页"))
+        _status, partial = await hub.post_aibot(refresh(sid))
+        assert partial is not None and partial["stream"] == {"id": sid, "finish": False, "content": "**请**在登录页"}
+        event = Event(id="m8", kind=EventKind.MESSAGE, ref=ref, text="忘记密码")
+        await sender.deliver(event, [Reply(ref, "**请**在登录页点击“忘记密码”。", markdown=True,
+                                           quick_replies=("如何修改手机号？",))])
+        _status, done = await hub.post_aibot(refresh(sid))
+        assert done is not None and done["stream"] == {
+            "id": sid, "finish": True, "content": "**请**在登录页点击“忘记密码”。\n1. 如何修改手机号？"}
+        await sender.deliver(None, [Reply(ref, "人工客服小王为您服务。", source="agent")])
+        assert [c.params for c in fake_wecom.responses] == [{"response_code": "rc9"}]
+    finally:
+        await worker.close()

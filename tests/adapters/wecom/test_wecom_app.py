@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adapters.wecom import WecomAdapter
+from adapters.wecom import WecomInbound
 from bot import messages
 from bot.services import Services
 from bot.types import ConversationRef, Reply
@@ -275,4 +275,19 @@ async def test_agent_reply_is_sent_proactively(wecom_hub: HubFactory, fake_wecom
 def test_missing_callback_secrets_are_a_clear_error() -> None:
     config = make_config({"wecom.corp_id": CORP_ID})
     with pytest.raises(ValueError, match="token and aes_key"):
-        WecomAdapter(Services(config))
+        WecomInbound(Services(config))
+
+
+async def test_suggestions_are_numbered_and_markdown_kept_for_markdown_replies(wecom_hub: HubFactory,
+                                                                              fake_wecom: FakeWecom) -> None:
+    hub = await wecom_hub()
+    ref = ConversationRef(channel="wecom", conversation_id="zhangsan", user_id="zhangsan")
+    await hub.services.hub.sink("wecom").deliver(None, [
+        Reply(ref, "您是想问以下问题吗？", quick_replies=("如何重置密码？", "如何开发票？")),
+        Reply(ref, "**退货**请在订单页申请", markdown=True, quick_replies=("退款多久到账",)),
+    ])
+    first, second = (c.body for c in fake_wecom.sends)
+    assert first["msgtype"] == "text"
+    assert first["text"]["content"] == "您是想问以下问题吗？\n1. 如何重置密码？\n2. 如何开发票？"
+    assert second["msgtype"] == "markdown"
+    assert second["markdown"]["content"] == "**退货**请在订单页申请\n1. 退款多久到账"

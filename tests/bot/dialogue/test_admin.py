@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from adapters.web import WebAdapter
+from adapters.web import WebSender
 from adapters.web.feedback import MemoryFeedbackStore
 from bot.app import SERVICES_KEY
 from bot.config import Config
@@ -125,7 +125,7 @@ async def test_delete_erases_a_web_visitor_entirely(
     try:
         services = server.app[SERVICES_KEY]
         adapter = services.hub.sink("web")
-        assert isinstance(adapter, WebAdapter)
+        assert isinstance(adapter, WebSender)
         admin = Admin(http, server)
         gone, kept = Visitor(http, server), Visitor(http, server)
         await gone.ask_and_rate("gone-0001")

@@ -1,9 +1,9 @@
-"""The DingTalk channel: ``POST /dingtalk/callback`` (HTTP mode) or a Stream-mode
-connection, both feeding ``hub.accept``; replies through the sessionWebhook or
-the robot OpenAPI, streamed answers through an AI card when one is configured.
+"""The DingTalk inbound half (gateways only): ``POST /dingtalk/callback`` (HTTP mode) or a
+Stream-mode connection, both feeding ``hub.accept``.
 
-Inbound traffic is only verified, parsed and handed to the hub, then
-acknowledged at once; the answer goes out later from :meth:`deliver`.
+Inbound traffic is only verified, parsed and handed to the hub, then acknowledged at
+once; the answer goes out later from whichever process runs the turn
+(:class:`adapters.dingtalk.sender.DingtalkSender`).
 """
 
 from __future__ import annotations
@@ -19,27 +19,22 @@ from aiohttp import web
 from dingtalk_stream import AckMessage
 
 from adapters.dingtalk import sign
-from adapters.dingtalk.api import DingtalkApi, Target, has_markdown
-from adapters.dingtalk.card import AiCard
 from adapters.dingtalk.parse import CHANNEL, ParseError, parse_message
 from adapters.dingtalk.stream import StreamConnection
 from bot.http import HttpError, read_json_object
 from bot.hub import Overloaded
 from bot.services import Services
-from bot.types import Event, Reply, ReplyChunk
 
 log = logging.getLogger(__name__)
 
 
-class DingtalkAdapter:
+class DingtalkInbound:
     name = CHANNEL
 
     def __init__(self, services: Services, *, clock: Callable[[], float] = time.time) -> None:
         self.services = services
         self.cfg = services.config.dingtalk
-        self.api = DingtalkApi(self.cfg, lambda: services.http, services.kv, services.keys, clock=clock)
         self._clock = clock
-        self._cards: dict[str, AiCard] = {}  # event id -> the card its answer streams into
         self.stream_connection: StreamConnection | None = None
         self._stream_task: asyncio.Task[None] | None = None
 
@@ -97,41 +92,3 @@ class DingtalkAdapter:
         except Overloaded:
             return AckMessage.STATUS_SYSTEM_EXCEPTION
         return AckMessage.STATUS_OK
-
-    async def stream(self, chunk: ReplyChunk) -> None:
-        """Partial answers go into an AI card when ``dingtalk.card_template_id`` is set."""
-        if not self.cfg.card_template_id:
-            return
-        card = self._cards.get(chunk.in_reply_to)
-        if card is None:
-            card = self._cards[chunk.in_reply_to] = AiCard(self.api, self.cfg, Target.of(None, chunk.to))
-        card.push(chunk.text_so_far)
-
-    async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
-        card = self._cards.pop(event.id, None) if event is not None else None
-        errors: list[Exception] = []
-        for i, reply in enumerate(replies):
-            text = _with_suggestions(reply)
-            if card is not None and i == 0:
-                # the hub answers a failed or timed-out turn with a "system" apology
-                shown = await (card.fail(text) if reply.source == "system" else card.finish(text))
-                if shown:
-                    continue
-            target = Target.of(event, reply.to)
-            try:
-                await self.api.send(target, text, reply.markdown or has_markdown(text))
-            except Exception as exc:
-                log.error("DingTalk reply to %s failed: %s", reply.to.conversation_id, exc)
-                errors.append(exc)
-        if card is not None and not replies:
-            await card.finish(card.latest)
-        if errors:
-            raise errors[0]
-
-
-def _with_suggestions(reply: Reply) -> str:
-    """DingTalk has no quick-reply buttons on plain messages: list the suggestions."""
-    if not reply.quick_replies:
-        return reply.text
-    lines = [f"{i}. {q}" for i, q in enumerate(reply.quick_replies, 1)]
-    return reply.text + "\n" + "\n".join(lines)

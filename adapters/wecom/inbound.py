@@ -1,9 +1,9 @@
-"""The WeCom channel: self-built app callbacks, the AI bot callback, active sends.
+"""The WeCom inbound half (gateways only): self-built app callbacks and the AI bot callback.
 
 Callbacks only verify, decrypt, normalize and ``hub.accept``, then answer at
-once (WeCom retries after 5 s); answers leave later through ``message/send``
-(apps) or the stream buffer (AI bot) when the hub calls :meth:`deliver`.
-WeCom's redeliveries stop at ``hub.accept``'s dedup on the message id.
+once (WeCom retries after 5 s); answers leave later from whichever process
+runs the turn, through :class:`adapters.wecom.sender.WecomSender`. WeCom's
+redeliveries stop at ``hub.accept``'s dedup on the message id.
 """
 
 from __future__ import annotations
@@ -15,74 +15,42 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from adapters.wecom.aibot import AibotEndpoint
-from adapters.wecom.api import AccessToken, AppClient, CallPolicy, WecomApiError
+from adapters.wecom.aibot import AibotCallbacks
+from adapters.wecom.apps import MAIN_APP, configured_apps, where
 from adapters.wecom.crypto import CallbackError, WecomCrypto
-from adapters.wecom.parse import AIBOT_TENANT, CHANNEL, MalformedMessage, app_event, envelope_encrypt, parse_json
-from adapters.wecom.render import render
-from adapters.wecom.robot import RobotNotifier
-from bot.config import WecomAppConfig, WecomConfig
+from adapters.wecom.parse import CHANNEL, MalformedMessage, app_event, envelope_encrypt, parse_json
 from bot.http import HttpError, read_body
 from bot.hub import Overloaded
 from bot.services import Services
-from bot.state.shared import WindowGate
-from bot.types import Event, EventKind, Reply, ReplyChunk
+from bot.types import Event, EventKind
 
 log = logging.getLogger(__name__)
 
-MAIN_APP = ""  # the app configured at the top of the wecom section; its tenant and /wecom/callback
-
 
 @dataclass(frozen=True, slots=True)
-class WecomApp:
+class AppCallback:
     name: str
     crypto: WecomCrypto
-    client: AppClient
 
 
-def configured_apps(cfg: WecomConfig) -> dict[str, WecomAppConfig]:
-    """Every app with a callback, by name (``""`` for the main one)."""
-    apps: dict[str, WecomAppConfig] = {}
-    if cfg.corp_id:
-        apps[MAIN_APP] = WecomAppConfig(corp_id=cfg.corp_id, token=cfg.token, aes_key=cfg.aes_key,
-                                        secret=cfg.secret, agent_id=cfg.agent_id)
-    for name, app in cfg.apps.items():
-        apps[name] = app if app.corp_id else app.model_copy(update={"corp_id": cfg.corp_id})
-    return apps
-
-
-def enabled(cfg: WecomConfig) -> bool:
-    return bool(cfg.corp_id or cfg.apps or cfg.aibot_token or cfg.robot_key)
-
-
-class WecomAdapter:
+class WecomInbound:
     name = CHANNEL
 
     def __init__(self, services: Services) -> None:
         self.services = services
         self.cfg = cfg = services.config.wecom
-        keys = services.keys
-        self.policy = CallPolicy(lambda: services.http, cfg.send_retries, cfg.retry_backoff_s)
-        self.apps: dict[str, WecomApp] = {}
+        self.apps: dict[str, AppCallback] = {}
         for name, app in configured_apps(cfg).items():
-            where = f"wecom.apps.{name}" if name else "wecom"
             if not (app.corp_id and app.token and app.aes_key):
-                raise ValueError(f"{where}: corp_id, token and aes_key are all needed for the callback")
+                raise ValueError(f"{where(name)}: corp_id, token and aes_key are all needed for the callback")
             crypto = WecomCrypto(app.token, app.aes_key, app.corp_id, replay_window_s=cfg.replay_window_s)
-            token = AccessToken(self.policy, services.kv, keys, cfg.api_base, app.corp_id, app.secret, app.agent_id)
-            gate = WindowGate(services.kv, keys.rate, cfg.user_rate_per_min)
-            self.apps[name] = WecomApp(name, crypto, AppClient(token, self.policy, gate, cfg.api_base, app.agent_id))
-            if not (app.secret and app.agent_id):
-                log.warning("%s: no secret / agent_id, so answers cannot be sent", where)
-        self.aibot: AibotEndpoint | None = None
+            self.apps[name] = AppCallback(name, crypto)
+        self.aibot: AibotCallbacks | None = None
         if cfg.aibot_token:
             crypto = WecomCrypto(cfg.aibot_token, cfg.aibot_aes_key, "", replay_window_s=cfg.replay_window_s)
-            self.aibot = AibotEndpoint(crypto, services.hub, services.kv, keys, self.policy,
-                                       stream_ttl_s=cfg.aibot_stream_ttl_s, event_wait_s=cfg.aibot_event_wait_s,
-                                       bus=services.bus, listen=services.takes_events)
-        if cfg.robot_key:
-            gate = WindowGate(services.kv, keys.rate, cfg.robot_rate_per_min)
-            services.notifiers.append(RobotNotifier(self.policy, gate, cfg.api_base, cfg.robot_key))
+            self.aibot = AibotCallbacks(crypto, services.hub, services.kv, services.keys,
+                                        stream_ttl_s=cfg.aibot_stream_ttl_s, event_wait_s=cfg.aibot_event_wait_s,
+                                        bus=services.bus)
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         routes: list[web.AbstractRouteDef] = []
@@ -103,7 +71,7 @@ class WecomAdapter:
             self.aibot.close()
 
     # ------------------------------------------------------------------ app callbacks
-    def _app(self, request: web.Request) -> WecomApp:
+    def _app(self, request: web.Request) -> AppCallback:
         app = self.apps.get(request.match_info.get("app", MAIN_APP))
         if app is None:
             raise HttpError(404, "unknown_app", "no WeCom app is configured at this URL")
@@ -163,27 +131,6 @@ class WecomAdapter:
                                               q.get("nonce", ""), encrypt)
             reply = await self.aibot.handle(parse_json(plain))
         return self.aibot.encrypted(reply)
-
-    # ------------------------------------------------------------------ outbound
-    async def stream(self, chunk: ReplyChunk) -> None:
-        if chunk.to.tenant == AIBOT_TENANT and self.aibot is not None:
-            await self.aibot.stream(chunk)
-
-    async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
-        if event is not None and event.ref.tenant == AIBOT_TENANT and self.aibot is not None:
-            await self.aibot.finish(event, replies)
-            return
-        for reply in replies:
-            if reply.to.tenant == AIBOT_TENANT and self.aibot is not None:
-                await self.aibot.send_proactive(reply)
-                continue
-            app = self.apps.get(reply.to.tenant)
-            if app is None:
-                raise WecomApiError(-1, f"no WeCom app {reply.to.tenant!r} to send to {reply.to.user_id}",
-                                    "message/send")
-            text = render([reply])
-            if text:
-                await app.client.send_text(reply.to.user_id, text, markdown=reply.markdown)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The web channel: the embeddable chat widget, its API and the demo page.
+"""The web channel's inbound half (gateways): the embeddable chat widget, its API and the demo page.
 
 Routes:
   GET  /                  demo company page with the widget embedded (``web.demo_page``)
@@ -9,10 +9,11 @@ Routes:
   GET  /api/web/history   the conversation so far, for a reloaded page
   POST /api/web/feedback  thumbs up / down on an answer
 
-Answers never travel in HTTP responses: the hub's ``stream`` and ``deliver``
-append to the session's event log and every open SSE connection replays it,
-so a reconnect, a reload, a second tab or another gateway process all see
-the same ordered events once.
+Answers never travel in HTTP responses: the sender (adapters/web/sender.py,
+in whichever process runs the turn) appends them to the session's event log
+and every open SSE connection replays it, so a reconnect, a reload, a second
+tab or another gateway process all see the same ordered events once. Open
+streams share one blocking Redis read per process (adapters/web/events.py).
 
 When Redis (state, event log, rate counters) cannot be reached, every API
 call answers 503 ``unavailable`` with ``Retry-After``, which the widget shows
@@ -27,7 +28,6 @@ import logging
 import re
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,16 +35,18 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from adapters.web.events import EventLog, MemoryEventLog, RedisEventLog, parse_event_id, session_ref
-from adapters.web.feedback import RATINGS, FeedbackRecord, FeedbackStore, MemoryFeedbackStore, RedisFeedbackStore
+from adapters.web.events import Entry, EventLog, parse_event_id, session_ref
+from adapters.web.feedback import RATINGS, FeedbackRecord, FeedbackStore
 from adapters.web.origins import OriginPolicy
 from adapters.web.ratelimit import RateLimiter
+from adapters.web.sender import answer_id
+from adapters.web.sender import client_id as _client_id
 from adapters.web.session import SessionTokens, TokenError, WebSession, new_session_id
 from bot.http import HttpError, bearer_token, json_response, read_json_object
 from bot.hub import Overloaded
 from bot.services import Services
 from bot.state import DialogueState
-from bot.types import ConversationRef, Event, EventKind, Reply, ReplyChunk
+from bot.types import ConversationRef, Event, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,7 @@ API_PATHS = ("/api/web/session", "/api/web/messages", "/api/web/stream", "/api/w
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _ANSWER_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 _MAX_CONTEXT = 500
-_FAKE_STREAM_PIECES = 8  # FAQ answers arrive whole; they still reach the widget as deltas, like LLM answers
-_MAX_STREAMED = 10_000  # turns whose delta counts this process remembers (turns that never deliver are forgotten)
+_FUTURE_SLACK_MS = 60_000  # a Last-Event-ID further in the future than this is no id the log gave out
 _UNAVAILABLE = (RedisError, OSError)  # Redis down or unreachable (redis-py raises its own errors, some OSError)
 _DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
              "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
@@ -63,15 +64,10 @@ _DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-in
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def answer_id(message_id: str, index: int) -> str:
-    """The id a visitor rates: the message it answers, plus the reply's index in that turn."""
-    return message_id if index == 0 else f"{message_id}.{index}"
-
-
-class WebAdapter:
+class WebInbound:
     name = "web"
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, events: EventLog, feedback: FeedbackStore) -> None:
         self.services = services
         self.config = services.config
         self.cfg = services.config.web
@@ -79,17 +75,8 @@ class WebAdapter:
         self.limits = RateLimiter(services.kv, services.keys, self.cfg.rate_per_session_per_min,
                                   self.cfg.rate_per_ip_per_min)
         self.origins = OriginPolicy(self.cfg.allowed_origins, self.config.server.public_url)
-        idle = self.config.state.idle_ttl_s
-        self.events: EventLog
-        self.feedback: FeedbackStore
-        if services.redis is not None:
-            self.events = RedisEventLog(services.redis, services.keys, self.cfg.replay_events, idle)
-            self.feedback = RedisFeedbackStore(services.redis, services.keys, idle)
-        else:
-            self.events = MemoryEventLog(self.cfg.replay_events, idle)
-            self.feedback = MemoryFeedbackStore()
-        # hub event id -> deltas streamed by a turn running in this process, oldest turn first
-        self._streamed: OrderedDict[str, int] = OrderedDict()
+        self.events = events  # shared with the sender (adapters/web/__init__.py: open_stores)
+        self.feedback = feedback
         self._open_streams: dict[str, int] = {}  # session id -> SSE connections held by this process
         self._closing = asyncio.Event()
 
@@ -116,8 +103,7 @@ class WebAdapter:
         self._closing.set()
 
     async def close(self) -> None:
-        self._closing.set()
-        await self.events.close()
+        self._closing.set()  # the shared event log is closed by the sender
 
     def _api(self, handler: Handler) -> Handler:
         """Origin check, per-address limit and CORS headers on every answer, errors included
@@ -182,16 +168,6 @@ class WebAdapter:
             pipe.sadd(index, *keys)
             pipe.pexpire(index, ttl_ms)
             await pipe.execute()
-
-    async def erase(self, ref: ConversationRef) -> int:
-        """Right to erasure for what this process holds in memory (memory mode): the session's event log and
-        its feedback. In Redis mode the admin API erases everything through ``Keys`` and returns 0 here."""
-        removed = 0
-        if isinstance(self.events, MemoryEventLog):
-            removed += await self.events.erase(ref.conversation_id)
-        if isinstance(self.feedback, MemoryFeedbackStore):
-            removed += await self.feedback.erase(ref.key)
-        return removed
 
     # ------------------------------------------------------------------ static
     async def widget_js(self, _request: web.Request) -> web.StreamResponse:
@@ -283,9 +259,12 @@ class WebAdapter:
         cursor = request.headers.get("Last-Event-ID") or request.query.get("after")
         if cursor:
             try:
-                parse_event_id(cursor)
+                ms, _ = parse_event_id(cursor)
             except ValueError:
                 raise HttpError(400, "invalid_event_id", "Last-Event-ID must look like 1700000000000-0") from None
+            if ms > time.time() * 1000 + _FUTURE_SLACK_MS:  # not an id we gave out: from the end of the log
+                last = await self.events.last_id(sid)
+                cursor = min(cursor, last, key=parse_event_id)
         else:
             cursor = await self.events.last_id(sid)
         if self._open_streams.get(sid, 0) >= self.cfg.max_streams_per_session:
@@ -299,12 +278,18 @@ class WebAdapter:
             **self.origins.cors_headers(origin),
         })
         self._open_streams[sid] = self._open_streams.get(sid, 0) + 1
+        closing = asyncio.ensure_future(self._closing.wait())
+        read: asyncio.Future[list[Entry]] | None = None
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n")
             # Ends when the token expires: the widget then renews it and reconnects with Last-Event-ID.
             while not self._closing.is_set() and (left := session.expires_at - time.time()) > 0:
-                entries = await self.events.read(sid, cursor, min(self.cfg.heartbeat_s, left))
+                read = asyncio.ensure_future(self.events.read(sid, cursor, min(self.cfg.heartbeat_s, left)))
+                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():  # shutting down: end now, the browser reconnects to another process
+                    break
+                entries = read.result()
                 if not entries:
                     await response.write(b": ping\n\n")
                     continue
@@ -321,6 +306,9 @@ class WebAdapter:
                 raise
             log.exception("web event stream of session %s failed; the widget will reconnect", sid[:8])
         finally:
+            closing.cancel()
+            if read is not None and not read.done():
+                read.cancel()
             left_open = self._open_streams.get(sid, 1) - 1
             if left_open > 0:
                 self._open_streams[sid] = left_open
@@ -419,53 +407,6 @@ class WebAdapter:
                 return question, m["text"], m.get("source") or "", {}
         return None
 
-    # ------------------------------------------------------------------ hub side
-    async def stream(self, chunk: ReplyChunk) -> None:
-        """A token (or a few) of an answer being generated: one ``delta`` event."""
-        self._streamed[chunk.in_reply_to] = self._streamed.get(chunk.in_reply_to, 0) + 1
-        self._streamed.move_to_end(chunk.in_reply_to)
-        while len(self._streamed) > _MAX_STREAMED:  # turns that never delivered (shutdown): forget the oldest
-            self._streamed.popitem(last=False)
-        sid = chunk.to.conversation_id
-        await self.events.append(sid, {
-            "type": "delta",
-            "message_id": _client_id(chunk.in_reply_to),
-            "offset": len(chunk.text_so_far) - len(chunk.delta),  # in code points; a restarted answer has 0
-            "text": chunk.delta,
-        })
-
-    async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
-        if event is not None and event.kind is not EventKind.MESSAGE and not replies:
-            return
-        mid = _client_id(event.id) if event is not None else None
-        streamed = self._streamed.pop(event.id, 0) if event is not None else 0
-        # Everything a turn adds goes to the session's log in one write (one Redis round trip).
-        batches: dict[str, list[dict[str, Any]]] = {}
-        for i, reply in enumerate(replies):
-            sid = reply.to.conversation_id
-            batch = batches.setdefault(sid, [])
-            aid = answer_id(mid, i) if mid else f"p{uuid.uuid4().hex[:16]}"
-            if i == 0 and mid and not streamed:
-                offset = 0
-                for piece in _pieces(reply.text, _FAKE_STREAM_PIECES):
-                    batch.append({"type": "delta", "message_id": mid, "offset": offset, "text": piece})
-                    offset += len(piece)
-            batch.append({
-                "type": "reply",
-                "message_id": mid,
-                "answer_id": aid,
-                "text": reply.text,
-                "quick_replies": list(reply.quick_replies),
-                "source": reply.source,
-                "markdown": reply.markdown,
-                "ts": time.time(),
-                "meta": _jsonable(reply.meta),
-            })
-        if event is not None and mid is not None:
-            batches.setdefault(event.ref.conversation_id, []).append({"type": "done", "message_id": mid})
-        for sid, batch in batches.items():
-            await self.events.append_many(sid, batch)
-
 
 def _unavailable() -> HttpError:
     return HttpError(503, "unavailable", "the service is temporarily unavailable; please try again shortly",
@@ -476,28 +417,11 @@ def _origin_refused(origin: str | None) -> HttpError:
     return HttpError(403, "origin_not_allowed", f"origin {origin} may not use this widget (see web.allowed_origins)")
 
 
-def _client_id(event_id: str) -> str:
-    """The widget's message id: hub event ids are ``<session>:<client id>``."""
-    return event_id.split(":", 1)[1] if ":" in event_id else event_id
-
-
-def _pieces(text: str, n: int) -> list[str]:
-    size = max(1, -(-len(text) // n))
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def _jsonable(meta: Any) -> dict[str, Any]:
-    try:
-        return json.loads(json.dumps(dict(meta), ensure_ascii=False, default=str))
-    except (TypeError, ValueError):
-        return {}
-
-
 def _history_messages(
     state: DialogueState, sid: str, ratings: dict[str, str], quick: dict[str, list[str]]
 ) -> list[dict[str, Any]]:
     """History turns as widget messages. An assistant turn answers the user turn before it
-    (as :meth:`WebAdapter.deliver` numbers replies), which gives it the id visitors rate."""
+    (as :meth:`adapters.web.sender.WebSender.deliver` numbers replies), which gives it the id visitors rate."""
     out: list[dict[str, Any]] = []
     last_user: str | None = None
     index = 0
