@@ -12,11 +12,14 @@ it is parked as dead (counted, never retried forever).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from bot.types import Event
+
+log = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):
@@ -47,6 +50,16 @@ class SeenSet(Protocol):
     async def first_seen(self, dedup_key: str) -> bool: ...
 
     async def forget_seen(self, dedup_key: str) -> None: ...
+
+
+async def record_seen(seen: SeenSet, event: Event) -> bool:
+    """Mark the event's id seen (False: already seen); a store that cannot answer refuses the event."""
+    try:
+        return await seen.first_seen(event.dedup_key)
+    except Exception as exc:
+        log.error("state store unavailable, %s event %s refused for a retry: %s", event.ref.channel, event.id,
+                  type(exc).__name__)
+        raise StoreUnavailable(type(exc).__name__) from exc
 
 
 class Inbox(Protocol):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections import deque
 
-from bot.inbox.base import Delivery, Handler, Overloaded, SeenSet, StoreUnavailable
+from bot.inbox.base import Delivery, Handler, Overloaded, SeenSet, record_seen
 from bot.metrics import Metrics
 from bot.types import Event
 
@@ -49,12 +49,7 @@ class MemoryInbox:
             raise Overloaded("shutting down")
         if self._pending >= self.max_pending:
             raise Overloaded(f"{self._pending} events pending")
-        try:
-            first = await self.seen.first_seen(event.dedup_key)
-        except Exception as exc:
-            log.error("state store unavailable, %s event %s refused for a retry: %s", event.ref.channel, event.id,
-                      type(exc).__name__)
-            raise StoreUnavailable(type(exc).__name__) from exc
+        first = await record_seen(self.seen, event)
         if not first:
             return False
         self._pending += 1

@@ -84,7 +84,7 @@ from aio_pika.exceptions import ChannelPreconditionFailed
 
 from bot.codec import CodecError, decode_event, encode_event
 from bot.config import QueueConfig
-from bot.inbox.base import Delivery, Handler, QueueUnavailable, SeenSet, StoreUnavailable
+from bot.inbox.base import Delivery, Handler, QueueUnavailable, SeenSet, record_seen
 from bot.metrics import Metrics
 from bot.state.keys import Keys
 from bot.types import Event
@@ -318,12 +318,7 @@ class RabbitInbox:
     async def put_once(self, event: Event) -> bool:
         exchange = await self._ready_exchange()  # before the dedup mark: a down broker costs the store nothing
         key = event.dedup_key
-        try:
-            first = await self.seen.first_seen(key)
-        except Exception as exc:
-            log.error("state store unavailable, %s event %s refused for a retry: %s", event.ref.channel, event.id,
-                      type(exc).__name__)
-            raise StoreUnavailable(type(exc).__name__) from exc
+        first = await record_seen(self.seen, event)
         if not first:
             return False
         message = aio_pika.Message(encode_event(event), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -693,7 +688,9 @@ class RabbitInbox:
         self._consuming = False
         if self._upkeep is not None:
             self._upkeep.cancel()
-            await asyncio.gather(self._upkeep, return_exceptions=True)
+            # Bounded: shutdown must not hang on a broker call that ignores the cancel; closing the
+            # connection below hands every unfinished event back anyway.
+            await asyncio.wait([self._upkeep], timeout=_OP_TIMEOUT_S)
             self._upkeep = None
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Future[int]] = list(self._retiring)
@@ -703,14 +700,20 @@ class RabbitInbox:
             else:
                 part.retiring = True
                 tasks.append(asyncio.ensure_future(self._retire(part, drain_s)))
-        results = await asyncio.gather(*tasks, return_exceptions=True)
         handed = 0
-        for result in results:
-            if isinstance(result, BaseException):
-                log.error("handing a partition back failed: %s", type(result).__name__)
+        if tasks:
+            done, late = await asyncio.wait(tasks, timeout=drain_s + 3 * _OP_TIMEOUT_S)
+            for task in late:
+                task.cancel()
+                log.error("handing a partition back did not finish; closing its connection instead")
                 handed += 1
-            else:
-                handed += result
+            for task in done:
+                if task.cancelled() or task.exception() is not None:
+                    log.error("handing a partition back failed: %s",
+                              "cancelled" if task.cancelled() else type(task.exception()).__name__)
+                    handed += 1
+                else:
+                    handed += task.result()
         self._handler = None
         if self.redis is not None:
             try:
