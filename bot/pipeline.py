@@ -28,11 +28,13 @@ from bot import codec, messages
 from bot.answer import StreamFn, no_stream
 from bot.metrics import Metrics
 from bot.state import SENT, DialogueState, LedgerEntry, StateStore, StoreDown, VersionConflict
+from bot.state.redis import store_trouble
 from bot.turn import TurnHandler
 from bot.types import Event, Reply
 
 log = logging.getLogger(__name__)
 
+MARK_SENT_PATIENCE_S = 30.0
 CAS_ATTEMPTS = 12  # with jittered backoff; contention needs two processes on one conversation
 
 
@@ -170,18 +172,42 @@ class TurnPipeline:
 
     async def _deliver(self, ctx: TurnContext) -> None:
         """A failed send is counted, not retried by redelivery: the channels already retry what is safe to
-        retry, and a send that broke off may have arrived (a second copy is worse than none)."""
-        try:
-            await self.deliver(ctx.event, ctx.replies)
-        except Exception:
-            ctx.outcome = "send_error"
-            self.metrics.send_errors.labels(ctx.event.ref.channel).inc()
-            log.exception("%s failed to deliver the answer to event %s", ctx.event.ref.channel, ctx.event.id)
+        retry, and a send that broke off may have arrived (a second copy is worse than none). Redis being
+        away is different: the send did not leave, so the recorded replies are sent once it is back."""
+        wait = 0.1
+        while True:
+            try:
+                await self.deliver(ctx.event, ctx.replies)
+                break
+            except Exception as exc:
+                if not store_trouble(exc):
+                    ctx.outcome = "send_error"
+                    self.metrics.send_errors.labels(ctx.event.ref.channel).inc()
+                    log.exception("%s failed to deliver the answer to event %s", ctx.event.ref.channel, ctx.event.id)
+                    break
+                # Redis (token cache, send gate, event log) away: nothing left yet. The event stays
+                # unacknowledged meanwhile; at shutdown the next worker sends the recorded replies.
+                log.warning("Redis unreachable while sending the answer to %s event %s; again in %.1fs",
+                            ctx.event.ref.channel, ctx.event.id, wait)
+                await asyncio.sleep(wait * random.uniform(0.5, 1.0))
+                wait = min(5.0, wait * 2)
         if self.ledger:  # also after a failed turn's apology, so a redelivery does not answer a second time
+            await self._mark_sent(ctx)
+
+    async def _mark_sent(self, ctx: TurnContext) -> None:
+        """Tried for a while when Redis is away (the replies' text should not stay behind), then given up:
+        the send happened, and the acknowledgement that follows keeps the event from coming back."""
+        wait, deadline = 0.1, time.monotonic() + MARK_SENT_PATIENCE_S
+        while True:
             try:
                 await self.store.mark_sent(ctx.event.ref.key, ctx.event.dedup_key)
-            except StoreDown:  # the send happened; the ack that follows keeps it from being redelivered
-                log.warning("could not mark %s event %s as sent", ctx.event.ref.channel, ctx.event.id)
+                return
+            except StoreDown:
+                if time.monotonic() > deadline:
+                    log.warning("could not mark %s event %s as sent", ctx.event.ref.channel, ctx.event.id)
+                    return
+                await asyncio.sleep(wait)
+                wait = min(2.0, wait * 2)
 
     async def _timed(self, name: str, fn: Callable[[TurnContext], Awaitable[None]], ctx: TurnContext) -> None:
         started = time.perf_counter()

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot.state.base import SeenPending
 from bot.types import Event
 
 log = logging.getLogger(__name__)
@@ -47,19 +48,33 @@ Handler = Callable[[Delivery], Awaitable[None]]
 class SeenSet(Protocol):
     """The part of the state store an inbox needs for dedup."""
 
-    async def first_seen(self, dedup_key: str) -> bool: ...
+    async def first_seen(self, dedup_key: str, *, pending_s: float = 0.0) -> bool: ...
+
+    async def confirm_seen(self, dedup_key: str) -> None: ...
 
     async def forget_seen(self, dedup_key: str) -> None: ...
 
 
-async def record_seen(seen: SeenSet, event: Event) -> bool:
-    """Mark the event's id seen (False: already seen); a store that cannot answer refuses the event."""
+async def record_seen(seen: SeenSet, event: Event, pending_s: float) -> bool:
+    """Mark the event's id seen, provisionally for ``pending_s`` (False: already seen). A store that
+    cannot answer, or another request taking the same event right now, refuses it for a retry."""
     try:
-        return await seen.first_seen(event.dedup_key)
+        return await seen.first_seen(event.dedup_key, pending_s=pending_s)
+    except SeenPending:
+        raise Overloaded("the same event is being taken by another request") from None
     except Exception as exc:
         log.error("state store unavailable, %s event %s refused for a retry: %s", event.ref.channel, event.id,
                   type(exc).__name__)
         raise StoreUnavailable(type(exc).__name__) from exc
+
+
+async def confirm_seen(seen: SeenSet, event: Event) -> None:
+    """The event is stored: make its mark final. If Redis cannot be told, the mark stays provisional and
+    a retry after it lapses stores a second copy, which the reply ledger answers once."""
+    try:
+        await seen.confirm_seen(event.dedup_key)
+    except Exception as exc:
+        log.warning("could not confirm %s event %s as taken: %s", event.ref.channel, event.id, type(exc).__name__)
 
 
 class Inbox(Protocol):

@@ -13,13 +13,14 @@ import asyncio
 import logging
 from collections import deque
 
-from bot.inbox.base import Delivery, Handler, Overloaded, SeenSet, record_seen
+from bot.inbox.base import Delivery, Handler, Overloaded, SeenSet, confirm_seen, record_seen
 from bot.metrics import Metrics
 from bot.types import Event
 
 log = logging.getLogger(__name__)
 
 _DEAD_KEPT = 1000  # parked events kept for inspection
+_PENDING_S = 2.0  # a provisional dedup mark older than this is taken over (the put is one Redis round trip)
 
 
 class MemoryInbox:
@@ -49,7 +50,7 @@ class MemoryInbox:
             raise Overloaded("shutting down")
         if self._pending >= self.max_pending:
             raise Overloaded(f"{self._pending} events pending")
-        first = await record_seen(self.seen, event)
+        first = await record_seen(self.seen, event, _PENDING_S)
         if not first:
             return False
         self._pending += 1
@@ -58,6 +59,7 @@ class MemoryInbox:
         key = event.ref.key
         self._mailboxes.setdefault(key, deque()).append(Delivery(event))
         self._wake(key)
+        await confirm_seen(self.seen, event)
         return True
 
     def _wake(self, key: str) -> None:

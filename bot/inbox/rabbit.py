@@ -84,7 +84,7 @@ from aio_pika.exceptions import ChannelPreconditionFailed
 
 from bot.codec import CodecError, decode_event, encode_event
 from bot.config import QueueConfig
-from bot.inbox.base import Delivery, Handler, QueueUnavailable, SeenSet, record_seen
+from bot.inbox.base import Delivery, Handler, QueueUnavailable, SeenSet, confirm_seen, record_seen
 from bot.metrics import Metrics
 from bot.state.keys import Keys
 from bot.types import Event
@@ -318,7 +318,8 @@ class RabbitInbox:
     async def put_once(self, event: Event) -> bool:
         exchange = await self._ready_exchange()  # before the dedup mark: a down broker costs the store nothing
         key = event.dedup_key
-        first = await record_seen(self.seen, event)
+        # Provisional until the broker confirms, and for longer than a publish may take.
+        first = await record_seen(self.seen, event, self.cfg.confirm_timeout_s + 2 * _OP_TIMEOUT_S)
         if not first:
             return False
         message = aio_pika.Message(encode_event(event), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -336,6 +337,7 @@ class RabbitInbox:
                         type(exc).__name__)
             await self._forget(event)
             raise QueueUnavailable(type(exc).__name__) from exc
+        await confirm_seen(self.seen, event)
         return True
 
     async def _forget(self, event: Event) -> None:

@@ -6,6 +6,7 @@ from bot.state.base import (
     Handoff,
     HistoryTurn,
     LedgerEntry,
+    SeenPending,
     StateStore,
     StoreDown,
     VersionConflict,
@@ -13,6 +14,6 @@ from bot.state.base import (
 from bot.state.factory import open_store
 
 __all__ = [
-    "SENT", "DialogueState", "Handoff", "HistoryTurn", "LedgerEntry", "StateStore", "StoreDown", "VersionConflict",
-    "open_store",
+    "SENT", "DialogueState", "Handoff", "HistoryTurn", "LedgerEntry", "SeenPending", "StateStore", "StoreDown",
+    "VersionConflict", "open_store",
 ]

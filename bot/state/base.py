@@ -34,6 +34,10 @@ class StoreDown(Exception):
     """The store cannot be reached; the work is to be done again later, not failed."""
 
 
+class SeenPending(Exception):
+    """Another request is taking this event right now (its mark is provisional and fresh)."""
+
+
 class VersionConflict(Exception):
     """Someone else saved this conversation since it was loaded."""
 
@@ -218,8 +222,17 @@ class StateStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def first_seen(self, dedup_key: str) -> bool:
-        """Record a platform message id; False when it was already seen."""
+    async def first_seen(self, dedup_key: str, *, pending_s: float = 0.0) -> bool:
+        """Record a platform message id; False when it was already seen.
+
+        With ``pending_s`` the mark is provisional until :meth:`confirm_seen`: a request that finds
+        a provisional mark younger than that raises :class:`SeenPending` (another request is taking
+        the event: answer 503), and an older one is taken over. So an answer lost on the way back
+        from Redis (the mark set, the caller told it failed) cannot turn the platform's retry into
+        a "duplicate" that nobody answers."""
+
+    async def confirm_seen(self, dedup_key: str) -> None:
+        """Make a provisional mark final: the event is stored and will be answered."""
 
     async def forget_seen(self, dedup_key: str) -> None:
         """Undo ``first_seen`` for an event that will not be answered here, so the

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from bot.state.base import SENT, DialogueState, LedgerEntry, VersionConflict
+from bot.state.base import SENT, DialogueState, LedgerEntry, SeenPending, VersionConflict
 
 _SWEEP_INTERVAL_S = 60.0
 
@@ -18,6 +18,7 @@ class MemoryStore:
         self._clock = clock
         self._states: dict[str, tuple[float, int, str]] = {}  # key -> (expires, version, json)
         self._seen: dict[str, float] = {}
+        self._pending: dict[str, float] = {}  # provisional marks: dedup key -> until when another request waits
         self._ledger: dict[tuple[str, str], tuple[float, str]] = {}  # (conversation, dedup key) -> (expires, replies)
         self._lock = asyncio.Lock()
         self._next_sweep = 0.0
@@ -53,16 +54,28 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._states.pop(key, None)
 
-    async def first_seen(self, dedup_key: str) -> bool:
+    async def first_seen(self, dedup_key: str, *, pending_s: float = 0.0) -> bool:
         now = self._clock()
         self._sweep(now)
         if self._seen.get(dedup_key, 0.0) > now:
-            return False
+            pending_until = self._pending.get(dedup_key)
+            if pending_until is None:
+                return False
+            if pending_until > now:
+                raise SeenPending(dedup_key)
         self._seen[dedup_key] = now + self._dedup_ttl
+        if pending_s > 0:
+            self._pending[dedup_key] = now + pending_s
+        else:
+            self._pending.pop(dedup_key, None)
         return True
+
+    async def confirm_seen(self, dedup_key: str) -> None:
+        self._pending.pop(dedup_key, None)
 
     async def forget_seen(self, dedup_key: str) -> None:
         self._seen.pop(dedup_key, None)
+        self._pending.pop(dedup_key, None)
 
     def _sweep(self, now: float) -> None:
         """Drop expired ids and conversations once per sweep interval, so a
@@ -71,6 +84,7 @@ class MemoryStore:
             return
         self._next_sweep = now + _SWEEP_INTERVAL_S
         self._seen = {k: t for k, t in self._seen.items() if t > now}
+        self._pending = {k: t for k, t in self._pending.items() if k in self._seen}
         self._states = {k: v for k, v in self._states.items() if v[0] > now}
         self._ledger = {k: v for k, v in self._ledger.items() if v[0] > now}
 

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.state.base import SENT, DialogueState, LedgerEntry, StoreDown, VersionConflict
+from bot.state.base import SENT, DialogueState, LedgerEntry, SeenPending, StoreDown, VersionConflict
 from bot.state.keys import Keys
 
 _CAS = """
@@ -33,6 +33,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def store_trouble(exc: BaseException) -> bool:
+    """Whether an error means Redis could not be reached (the work is to be done again), not a failure of the
+    work itself; raised by the store as :class:`StoreDown`, by channels' direct Redis use as redis-py's own."""
+    return isinstance(exc, (StoreDown, RedisConnectionError, RedisTimeoutError))
+
+
 def _down_is_store_down(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Connection trouble becomes :class:`StoreDown`, so callers retry the work instead of failing it."""
 
@@ -46,6 +52,25 @@ def _down_is_store_down(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[
     return wrapper
 
 
+_SEEN = """
+local v = redis.call('GET', KEYS[1])
+if v then
+  if string.sub(v, 1, 2) ~= 'p:' then return 0 end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now < tonumber(string.sub(v, 3)) then return -1 end
+end
+if tonumber(ARGV[2]) > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('SET', KEYS[1], 'p:' .. (now + tonumber(ARGV[2])), 'EX', ARGV[1])
+else
+  redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+end
+return 1
+"""
+
+
 class RedisStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, idle_ttl_s: float, dedup_ttl_s: float) -> None:
         self.client = client
@@ -53,6 +78,7 @@ class RedisStore:
         self._idle_ms = int(idle_ttl_s * 1000)
         self._dedup_s = int(dedup_ttl_s)
         self._cas = client.register_script(_CAS)
+        self._seen = client.register_script(_SEEN)  # server time, so gateways' clocks need not agree
 
     @classmethod
     def from_url(cls, url: str, keys: Keys, idle_ttl_s: float, dedup_ttl_s: float, *, max_connections: int = 100,
@@ -97,8 +123,15 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self.client.delete(self.keys.state(key))
 
-    async def first_seen(self, dedup_key: str) -> bool:
-        return bool(await self.client.set(self.keys.dedup(dedup_key), "1", nx=True, ex=self._dedup_s))
+    async def first_seen(self, dedup_key: str, *, pending_s: float = 0.0) -> bool:
+        result = int(await self._seen(keys=[self.keys.dedup(dedup_key)],
+                                      args=[self._dedup_s, int(pending_s * 1000)]))
+        if result < 0:
+            raise SeenPending(dedup_key)
+        return result == 1
+
+    async def confirm_seen(self, dedup_key: str) -> None:
+        await self.client.set(self.keys.dedup(dedup_key), "1", xx=True, keepttl=True)
 
     async def forget_seen(self, dedup_key: str) -> None:
         await self.client.delete(self.keys.dedup(dedup_key))

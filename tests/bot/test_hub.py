@@ -234,3 +234,32 @@ async def test_more_conversations_than_redis_connections_wait_for_one(redis_url:
         if keys:
             await store.client.delete(*keys)
         await store.close()
+
+
+async def test_a_dedup_mark_whose_answer_was_lost_does_not_lose_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis set the mark, but the answer never came back (it restarted): the gateway said 503; WeCom's retry
+    must be answered, not dropped as a duplicate."""
+    import bot.inbox.memory
+
+    monkeypatch.setattr(bot.inbox.memory, "_PENDING_S", 0.2)
+
+    class LosesOneAnswer(MemoryStore):
+        lost = False
+
+        async def first_seen(self, dedup_key: str, *, pending_s: float = 0.0) -> bool:
+            result = await super().first_seen(dedup_key, pending_s=pending_s)
+            if not self.lost:
+                self.lost = True
+                raise ConnectionError("connection reset after the command")
+            return result
+
+    hub, sink = make_hub(CountingHandler(), LosesOneAnswer(60, 86400))
+    with pytest.raises(Overloaded):
+        await hub.accept(event("m1", text="在吗"))
+    with pytest.raises(Overloaded):  # still provisional: the first request might be storing it
+        await hub.accept(event("m1", text="在吗"))
+    await asyncio.sleep(0.3)
+    assert await hub.accept(event("m1", text="在吗")) is True
+    assert await hub.accept(event("m1", text="在吗")) is False  # now a true duplicate
+    assert await hub.drain(5)
+    assert sink.delivered == [("m1", ("在吗#1",))]

@@ -100,3 +100,21 @@ async def test_without_a_redelivering_queue_no_ledger_is_kept() -> None:
     await TurnPipeline(store, [Dialogue(handler)], sent, Metrics(), ledger=False).run(TurnContext(event("m1")), 5)
     assert await store.ledger(REF.key, event("m1").dedup_key) is None
     assert sent.texts == ["第1次生成：在吗"]
+
+
+async def test_a_send_that_needs_redis_waits_for_it_instead_of_dropping_the_answer() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    store, handler = MemoryStore(60, 86400), Counting()
+    attempts: list[str] = []
+
+    async def flaky(_event: Event, replies: Sequence[Reply]) -> None:
+        attempts.append(replies[0].text)
+        if len(attempts) < 3:
+            raise RedisConnectionError("Connection refused")  # e.g. the access-token cache during a restart
+
+    ctx = TurnContext(event("m1"))
+    await TurnPipeline(store, [Dialogue(handler)], flaky, Metrics(), ledger=True).run(ctx, 5)
+    assert attempts == ["第1次生成：在吗"] * 3 and ctx.outcome == "ok"
+    assert handler.calls == 1
+    assert await store.ledger(REF.key, event("m1").dedup_key) == ""

@@ -94,7 +94,9 @@ class Deployment:
         deadline = time.monotonic() + timeout_s
         while len(self.wecom.sends) < count:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.wecom.sends)} of {count} answers sent;\n" + self._logs())
+                got = {u: [n for n, _ in a] for u, a in sorted(self.answers().items())}
+                raise AssertionError(f"{len(self.wecom.sends)} of {count} answers sent: {got}; "
+                                     f"{await self._queued()}\n" + self._logs())
             await asyncio.sleep(0.05)
 
     async def settled(self, expected: int, timeout_s: float = 30) -> None:
@@ -118,6 +120,25 @@ class Deployment:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{total} events still queued, {len(values)} ledger entries")
                 await asyncio.sleep(0.1)
+        finally:
+            await connection.close()
+
+    async def _queued(self) -> str:
+        """Where the unanswered events are, for the failure message."""
+        import aio_pika
+
+        try:
+            connection = await aio_pika.connect(self.env["BOT__QUEUE__URL"])
+        except Exception as exc:
+            return f"broker unreachable: {exc!r}"
+        try:
+            channel = await connection.channel()
+            name = self.env["BOT__QUEUE__NAME"]
+            counts = {}
+            for q in [f"{name}.p{i:03d}" for i in range(PARTITIONS)] + [f"{name}.dead"]:
+                declared = await channel.declare_queue(q, passive=True)
+                counts[q] = (declared.declaration_result.message_count, declared.declaration_result.consumer_count)
+            return f"queues (ready, consumers): {counts}"
         finally:
             await connection.close()
 

@@ -290,7 +290,10 @@ async def test_depth_counts_waiting_events(world: World) -> None:
 
 
 class DownStore:
-    async def first_seen(self, dedup_key: str) -> bool:
+    async def first_seen(self, dedup_key: str, *, pending_s: float = 0.0) -> bool:
+        raise ConnectionError("store unreachable")
+
+    async def confirm_seen(self, dedup_key: str) -> None:
         raise ConnectionError("store unreachable")
 
     async def forget_seen(self, dedup_key: str) -> None:

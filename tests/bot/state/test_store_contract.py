@@ -153,3 +153,20 @@ async def test_ledger_is_written_with_the_state_and_keeps_no_text_once_sent(stor
     assert await store.ledger("web::u1", "web::m2") is None
     await store.mark_sent("web::u1", "web::m1")
     assert await store.ledger("web::u1", "web::m1") == SENT
+
+
+async def test_a_provisional_mark_holds_off_a_second_taker_then_lapses(store: StateStore) -> None:
+    """A mark whose caller never heard back (Redis answered into a broken connection) must not turn the
+    platform's retry into a duplicate that nobody answers."""
+    import asyncio
+
+    from bot.state import SeenPending
+
+    assert await store.first_seen("wecom::m1", pending_s=0.3) is True
+    with pytest.raises(SeenPending):  # someone is taking it right now: try again later
+        await store.first_seen("wecom::m1", pending_s=0.3)
+    await asyncio.sleep(0.4)
+    assert await store.first_seen("wecom::m1", pending_s=0.3) is True  # lapsed: taken over
+    await store.confirm_seen("wecom::m1")
+    assert await store.first_seen("wecom::m1", pending_s=0.3) is False  # final: a true duplicate
+    assert await store.first_seen("wecom::m2") is True and await store.first_seen("wecom::m2") is False
