@@ -21,6 +21,10 @@ RUN pip install --upgrade pip \
 USER kefu
 
 EXPOSE 8080
+EXPOSE 8081
+# A gateway (or --role all) answers on BOT__SERVER__PORT, a worker on BOT__SERVER__WORKER_PORT: set
+# KEFU_HEALTH_PORT=8081 for workers (docker-compose.yml does).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz').status == 200 else 1)"
+    CMD python -c "import os,urllib.request,sys; port=os.environ.get('KEFU_HEALTH_PORT','8080'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz').status == 200 else 1)"
+# --role gateway | worker | all (the default: one process does both, no broker needed)
 CMD ["python", "-m", "bot", "serve"]
