@@ -12,6 +12,7 @@ it is parked as dead (counted, never retried forever).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from bot.state.base import SeenPending
 from bot.types import Event
 
 log = logging.getLogger(__name__)
+
+_PENDING_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.0)  # then give up: the platform retries later
 
 
 class Overloaded(Exception):
@@ -58,14 +61,18 @@ class SeenSet(Protocol):
 async def record_seen(seen: SeenSet, event: Event, pending_s: float) -> bool:
     """Mark the event's id seen, provisionally for ``pending_s`` (False: already seen). A store that
     cannot answer, or another request taking the same event right now, refuses it for a retry."""
-    try:
-        return await seen.first_seen(event.dedup_key, pending_s=pending_s)
-    except SeenPending:
-        raise Overloaded("the same event is being taken by another request") from None
-    except Exception as exc:
-        log.error("state store unavailable, %s event %s refused for a retry: %s", event.ref.channel, event.id,
-                  type(exc).__name__)
-        raise StoreUnavailable(type(exc).__name__) from exc
+    for wait in _PENDING_WAITS:
+        try:
+            return await seen.first_seen(event.dedup_key, pending_s=pending_s)
+        except SeenPending:
+            # A concurrent redelivery: the first request usually stores the event within milliseconds,
+            # and then this one is a plain duplicate (200) rather than a 503.
+            await asyncio.sleep(wait)
+        except Exception as exc:
+            log.error("state store unavailable, %s event %s refused for a retry: %s", event.ref.channel, event.id,
+                      type(exc).__name__)
+            raise StoreUnavailable(type(exc).__name__) from exc
+    raise Overloaded("the same event is being taken by another request")
 
 
 async def confirm_seen(seen: SeenSet, event: Event) -> None:
