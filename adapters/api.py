@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from aiohttp import web
 from bot import codec
 from bot.http import HttpError, bearer_token, json_response, read_json_object
 from bot.hub import Overloaded, StoreUnavailable
+from bot.replybus import ReplyWaiters, send_replies
 from bot.services import Services
 from bot.types import ConversationRef, Event, EventKind, Reply
 
@@ -46,9 +46,8 @@ class ApiInbound:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.cfg = services.config
-        self._waiting: dict[str, asyncio.Future[Sequence[Reply]]] = {}
         # the worker that answers may be another process: replies come back by the bus
-        services.bus.subscribe(_BUS_TOPIC, self._on_answer)
+        self._waiters = ReplyWaiters(services.bus, _BUS_TOPIC)
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.post("/chat", self.chat)]
@@ -57,8 +56,7 @@ class ApiInbound:
         return None
 
     async def close(self) -> None:
-        for fut in self._waiting.values():
-            fut.cancel()
+        self._waiters.cancel_all()
 
     def _authorize(self, request: web.Request) -> None:
         keys = self.cfg.api.keys
@@ -84,9 +82,7 @@ class ApiInbound:
             raise HttpError(400, "invalid_user_id", f"'user_id' must be a string of 1-{_MAX_USER_ID} characters")
         ref = ConversationRef(channel=self.name, conversation_id=user_id, user_id=user_id)
         event = Event(id=uuid.uuid4().hex, kind=EventKind.MESSAGE, ref=ref, text=query, context=context or None)
-        fut: asyncio.Future[Sequence[Reply]] = asyncio.get_running_loop().create_future()
-        self._waiting[event.id] = fut
-        try:
+        with self._waiters.waiting(event.id) as fut:
             try:
                 await self.services.hub.accept(event)
             except StoreUnavailable:
@@ -97,8 +93,6 @@ class ApiInbound:
                 replies = await asyncio.wait_for(asyncio.shield(fut), self.cfg.hub.turn_deadline_s + 5)
             except TimeoutError:
                 raise HttpError(503, "timeout", "no answer in time; retry shortly") from None
-        finally:
-            self._waiting.pop(event.id, None)
         earlier = await self._take_outbox(ref)
         return json_response(
             {
@@ -127,13 +121,6 @@ class ApiInbound:
                 log.warning("an unreadable outbox entry of %s dropped: %s", ref.key, exc)
         return earlier
 
-    async def _on_answer(self, body: bytes) -> None:
-        data = json.loads(body)
-        if (fut := self._waiting.get(data["id"])) is not None and not fut.done():
-            fut.set_result(codec.decode_replies(data["replies"]))
-        else:  # the caller gave up or went away; the answer is in the history
-            log.info("api request %s ended before its answer; not queued", data["id"])
-
 
 class ApiSender:
     name = CHANNEL
@@ -143,8 +130,7 @@ class ApiSender:
 
     async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
         if event is not None:  # to the gateway whose request waits for it (this process, or another)
-            body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
-            await self.services.bus.publish(event.origin, _BUS_TOPIC, body)
+            await send_replies(self.services.bus, _BUS_TOPIC, event, replies)
             return
         for reply in replies:  # proactive (an agent's answer): kept for the user's next request, on any gateway
             await self.services.kv.list_push(self.services.keys.api_outbox(reply.to.key),

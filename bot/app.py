@@ -57,12 +57,11 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
                  config.queue.url.split("@")[-1] or "in-process", config.engine.kind)
         yield
         await services.hub.close()  # answer what was accepted while channels can still send
-        halves: list[object] = [*inbound, *(c.sender for c in channels)]
-        for half in {id(h): h for h in halves}.values():  # a channel not yet split is both halves
+        for half in [*inbound, *(c.sender for c in channels)]:
             try:
-                await half.close()  # type: ignore[attr-defined]
+                await half.close()
             except Exception:
-                log.exception("closing channel %s failed", getattr(half, "name", "?"))
+                log.exception("closing channel %s failed", half.name)
         await services.close()
 
     async def end_long_requests(_app: web.Application) -> None:
@@ -86,11 +85,7 @@ async def readyz(request: web.Request) -> web.Response:
     state_ok = await services.store.ping()
     engine = services.engine
     engine_ok = True if engine is None or not services.answers_events else await engine.ready()
-    try:
-        async with asyncio.timeout(2):
-            pending: int | None = await services.hub.pending()
-    except Exception:  # the broker is away; connections come back by themselves
-        pending = None
+    pending = await _queue_depth(services)
     ok = state_ok and engine_ok and pending is not None
     body = {
         "status": "ok" if ok else "unavailable",
@@ -103,10 +98,17 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(body, status=200 if ok else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    try:  # queue depth is read when scraped (a broker call for RabbitMQ), not on every event
+async def _queue_depth(services: Services) -> int | None:
+    """Events waiting (a broker call for RabbitMQ, which also sets the depth gauges); None when the
+    broker is away (its connections come back by themselves)."""
+    try:
         async with asyncio.timeout(2):
-            await request.app[SERVICES_KEY].hub.pending()
+            return await services.hub.pending()
     except Exception:
+        return None
+
+
+async def metrics(request: web.Request) -> web.Response:
+    if await _queue_depth(request.app[SERVICES_KEY]) is None:  # read (and the gauges set) when scraped
         log.warning("queue depth unavailable for /metrics")
     return web.Response(body=request.app[METRICS_KEY].render(), content_type="text/plain")

@@ -22,7 +22,7 @@ from bot.config import HubConfig
 from bot.inbox import Delivery, Inbox, Overloaded, StoreUnavailable
 from bot.inbox.memory import MemoryInbox
 from bot.metrics import Metrics
-from bot.pipeline import CAS_ATTEMPTS, Dialogue, Step, TurnContext, TurnPipeline
+from bot.pipeline import CAS_ATTEMPTS, Dialogue, Step, TurnContext, TurnPipeline, store_backoff
 from bot.state import DialogueState, StateStore, StoreDown, VersionConflict
 from bot.turn import TurnHandler
 from bot.types import Event, Reply, ReplyChunk
@@ -30,9 +30,6 @@ from bot.types import Event, Reply, ReplyChunk
 log = logging.getLogger(__name__)
 
 __all__ = ["Hub", "Overloaded", "ReplySink", "StoreUnavailable", "StreamingSink"]
-
-_STORE_RETRY_MAX_S = 5.0
-
 
 class ReplySink(Protocol):
     async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
@@ -117,8 +114,7 @@ class Hub:
         if event.ref.channel not in self._sinks:  # a worker configured without this channel: park it, loudly
             raise LookupError(f"this worker has no channel {event.ref.channel!r}")
         ctx = TurnContext(event, redelivered=delivery.redelivered, stream=self._streamer(event))
-        wait = 0.1
-        while True:
+        for wait in store_backoff():
             try:
                 await self.pipeline.run(ctx, self.cfg.turn_deadline_s)
                 break
@@ -127,8 +123,7 @@ class Hub:
                 # the store is back; at shutdown the inbox hands it to another worker.
                 log.warning("state store unreachable (%s) during %s event %s; retrying in %.1fs", exc,
                             event.ref.channel, event.id, wait)
-                await asyncio.sleep(wait * random.uniform(0.5, 1.0))
-                wait = min(_STORE_RETRY_MAX_S, wait * 2)
+                await asyncio.sleep(wait)
                 ctx = TurnContext(event, redelivered=True, stream=ctx.stream)  # may have saved: check the ledger
         self.metrics.turns.labels(event.ref.channel, ctx.outcome).inc()
         if ctx.outcome != "duplicate":

@@ -17,10 +17,11 @@ features (input and output filters, the Q&A cache, A/B arms) are one more
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +39,14 @@ MARK_SENT_PATIENCE_S = 30.0
 CAS_ATTEMPTS = 12  # with jittered backoff; contention needs two processes on one conversation
 
 
+def store_backoff(first_s: float = 0.1, cap_s: float = 5.0) -> Iterator[float]:
+    """Jittered, doubling waits for work that waits out an unreachable Redis (never ends by itself)."""
+    wait = first_s
+    while True:
+        yield wait * random.uniform(0.5, 1.0)
+        wait = min(cap_s, wait * 2)
+
+
 @dataclass(slots=True)
 class TurnContext:
     """Everything one turn knows; mutable because each step adds to it."""
@@ -48,9 +57,9 @@ class TurnContext:
     state: DialogueState | None = None
     replies: tuple[Reply, ...] = ()
     decided: bool = False  # a deciding step answered; the rest of the deciding steps are skipped
-    resend: bool = False  # the replies come from the ledger of an earlier delivery
-    done: bool = False  # nothing left to do (already sent)
-    outcome: str = "ok"  # ok | timeout | error | send_error | resent | duplicate
+    # ok | timeout | error | send_error; from the ledger: resent (the recorded replies go out again),
+    # duplicate (they were sent already: nothing left to do)
+    outcome: str = "ok"
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -104,7 +113,9 @@ class TurnPipeline:
         self._step_metric: dict[str, Any] = {}
         # Turn slots bound the deciding part only (model, dialogue): a slow platform send (DingTalk's
         # 20 a minute per robot) waits without holding a slot other conversations need.
-        self.slots = slots or asyncio.Semaphore(1 << 30)
+        self.slots: contextlib.AbstractAsyncContextManager[Any] = (
+            slots if slots is not None else contextlib.nullcontext()
+        )
 
     async def run(self, ctx: TurnContext, deadline_s: float) -> None:
         """Run the turn; a turn that fails or passes its deadline is answered with an apology (marked sent
@@ -115,9 +126,9 @@ class TurnPipeline:
         # from the platform's retry, so the same event can also arrive as a new message.
         if self.ledger:
             await self._timed("ledger", self._from_ledger, ctx)
-            if ctx.done:
+            if ctx.outcome == "duplicate":
                 return
-        if not ctx.resend:
+        if ctx.outcome != "resent":
             try:
                 async with self.slots, asyncio.timeout(deadline_s):
                     await self._decide(ctx)
@@ -162,11 +173,11 @@ class TurnPipeline:
         if recorded is None:
             return
         if recorded == SENT:
-            ctx.done, ctx.outcome = True, "duplicate"
+            ctx.outcome = "duplicate"
             log.info("%s event %s was answered before its redelivery; not sent again", ctx.event.ref.channel,
                      ctx.event.id)
             return
-        ctx.replies, ctx.resend, ctx.outcome = codec.decode_replies(recorded), True, "resent"
+        ctx.replies, ctx.outcome = codec.decode_replies(recorded), "resent"
         log.info("%s event %s redelivered after its answer was decided; sending that answer", ctx.event.ref.channel,
                  ctx.event.id)
 
@@ -174,8 +185,7 @@ class TurnPipeline:
         """A failed send is counted, not retried by redelivery: the channels already retry what is safe to
         retry, and a send that broke off may have arrived (a second copy is worse than none). Redis being
         away is different: the send did not leave, so the recorded replies are sent once it is back."""
-        wait = 0.1
-        while True:
+        for wait in store_backoff():
             try:
                 await self.deliver(ctx.event, ctx.replies)
                 break
@@ -189,16 +199,15 @@ class TurnPipeline:
                 # unacknowledged meanwhile; at shutdown the next worker sends the recorded replies.
                 log.warning("Redis unreachable while sending the answer to %s event %s; again in %.1fs",
                             ctx.event.ref.channel, ctx.event.id, wait)
-                await asyncio.sleep(wait * random.uniform(0.5, 1.0))
-                wait = min(5.0, wait * 2)
+                await asyncio.sleep(wait)
         if self.ledger:  # also after a failed turn's apology, so a redelivery does not answer a second time
             await self._mark_sent(ctx)
 
     async def _mark_sent(self, ctx: TurnContext) -> None:
         """Tried for a while when Redis is away (the replies' text should not stay behind), then given up:
         the send happened, and the acknowledgement that follows keeps the event from coming back."""
-        wait, deadline = 0.1, time.monotonic() + MARK_SENT_PATIENCE_S
-        while True:
+        deadline = time.monotonic() + MARK_SENT_PATIENCE_S
+        for wait in store_backoff(cap_s=2.0):
             try:
                 await self.store.mark_sent(ctx.event.ref.key, ctx.event.dedup_key)
                 return
@@ -207,7 +216,6 @@ class TurnPipeline:
                     log.warning("could not mark %s event %s as sent", ctx.event.ref.channel, ctx.event.id)
                     return
                 await asyncio.sleep(wait)
-                wait = min(2.0, wait * 2)
 
     async def _timed(self, name: str, fn: Callable[[TurnContext], Awaitable[None]], ctx: TurnContext) -> None:
         started = time.perf_counter()

@@ -14,12 +14,17 @@ a direct exchange, so an answer for a gateway that is gone is simply dropped
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
+
+from bot import codec
+from bot.types import Event, Reply
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,42 @@ class ReplyBus(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def send_replies(bus: ReplyBus, topic: str, event: Event, replies: Sequence[Reply]) -> None:
+    """A turn's replies, to the gateway whose request for ``event`` waits on ``topic``."""
+    body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
+    await bus.publish(event.origin, topic, body)
+
+
+class ReplyWaiters:
+    """Requests this gateway holds open until their turn's replies come back on ``topic``."""
+
+    def __init__(self, bus: ReplyBus, topic: str) -> None:
+        self._waiting: dict[str, asyncio.Future[tuple[Reply, ...]]] = {}
+        bus.subscribe(topic, self._on_replies)
+
+    @contextlib.contextmanager
+    def waiting(self, event_id: str) -> Iterator[asyncio.Future[tuple[Reply, ...]]]:
+        """Register before the event is accepted (a fast worker may answer first); forgotten on exit."""
+        fut: asyncio.Future[tuple[Reply, ...]] = asyncio.get_running_loop().create_future()
+        self._waiting[event_id] = fut
+        try:
+            yield fut
+        finally:
+            self._waiting.pop(event_id, None)
+
+    async def _on_replies(self, body: bytes) -> None:
+        data = json.loads(body)
+        fut = self._waiting.get(data["id"])
+        if fut is not None and not fut.done():
+            fut.set_result(codec.decode_replies(data["replies"]))
+        else:  # the request gave up or went away; the answer is in the history
+            log.info("replies for %s came after its request ended; dropped", data["id"])
+
+    def cancel_all(self) -> None:
+        for fut in self._waiting.values():
+            fut.cancel()
 
 
 class LocalBus:

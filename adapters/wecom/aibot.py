@@ -30,10 +30,10 @@ from adapters.render import as_markdown, markdown_of, text_of
 from adapters.wecom.api import CallPolicy, WecomApiError
 from adapters.wecom.crypto import WecomCrypto
 from adapters.wecom.parse import aibot_event, aibot_stream_id
-from bot import codec, messages
+from bot import messages
 from bot.http import HttpError
 from bot.hub import Hub, Overloaded
-from bot.replybus import ReplyBus
+from bot.replybus import ReplyBus, ReplyWaiters, send_replies
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
 from bot.text import split_utf8
@@ -90,8 +90,7 @@ class AibotCallbacks:
         self.keys = keys
         self.buffers = StreamBuffers(kv, keys, stream_ttl_s)
         self.event_wait_s = event_wait_s
-        self._waiting: dict[str, asyncio.Future[Sequence[Reply]]] = {}
-        bus.subscribe(BUS_TOPIC, self._on_greeting)  # event greetings come back from the worker that ran the turn
+        self._waiters = ReplyWaiters(bus, BUS_TOPIC)  # event greetings come back from the worker that ran the turn
 
     async def handle(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """The plaintext reply to one decrypted callback, or None for an empty answer."""
@@ -124,9 +123,7 @@ class AibotCallbacks:
 
     async def _answer_event(self, event: Event) -> dict[str, Any] | None:
         """Events (enter_chat) are answered in the callback itself, so wait briefly for the greeting."""
-        fut: asyncio.Future[Sequence[Reply]] = asyncio.get_running_loop().create_future()
-        self._waiting[event.id] = fut
-        try:
+        with self._waiters.waiting(event.id) as fut:
             try:
                 if not await self.hub.accept(event):
                     return None
@@ -137,22 +134,11 @@ class AibotCallbacks:
             except TimeoutError:
                 log.warning("no greeting for WeCom AI bot event %s within %.1fs", event.id, self.event_wait_s)
                 return None
-        finally:
-            self._waiting.pop(event.id, None)
         text = text_of(replies)
         return {"msgtype": "text", "text": {"content": text}} if text else None
 
-    async def _on_greeting(self, body: bytes) -> None:
-        data = json.loads(body)
-        fut = self._waiting.get(data["id"])
-        if fut is not None and not fut.done():
-            fut.set_result(codec.decode_replies(data["replies"]))
-        else:
-            log.info("greeting for WeCom AI bot event %s came too late; dropped", data["id"])
-
     def close(self) -> None:
-        for fut in self._waiting.values():
-            fut.cancel()
+        self._waiters.cancel_all()
 
     def encrypted(self, reply: dict[str, Any] | None) -> web.Response:
         if reply is None:
@@ -177,8 +163,7 @@ class AibotSender:
 
     async def finish(self, event: Event, replies: Sequence[Reply]) -> None:
         if event.kind is EventKind.EVENT:  # the gateway's callback waits for it
-            body = json.dumps({"id": event.id, "replies": codec.encode_replies(replies)}).encode()
-            await self.bus.publish(event.origin, BUS_TOPIC, body)
+            await send_replies(self.bus, BUS_TOPIC, event, replies)
             return
         await self.buffers.write(stream_id(event.ref, event.id), markdown_of(replies), finish=True)
 

@@ -3,12 +3,11 @@ are taken (gateways). A worker serves no channel routes and opens no Stream-mode
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from adapters.api import ApiInbound, ApiSender
 from adapters.dingtalk.inbound import DingtalkInbound
@@ -23,15 +22,6 @@ from tests.conftest import make_config, start_server
 
 MINE = {"api": (ApiInbound, ApiSender), "wecom": (WecomInbound, WecomSender),
         "dingtalk": (DingtalkInbound, DingtalkSender)}
-
-
-@pytest.fixture
-async def fake_dingtalk() -> AsyncIterator[FakeDingTalk]:
-    fake = FakeDingTalk()
-    fake.server = TestServer(fake.app(), host="127.0.0.1")
-    await fake.server.start_server()
-    yield fake
-    await fake.server.close()
 
 
 @pytest.fixture

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
 
 from bot.config import Config
 from tests.adapters.dingtalk.dingtalk_fake import APP_KEY, APP_SECRET, FakeDingTalk
 from tests.conftest import make_config
-
-
-@pytest.fixture
-async def fake_dingtalk() -> AsyncIterator[FakeDingTalk]:
-    fake = FakeDingTalk()
-    fake.server = TestServer(fake.app(), host="127.0.0.1")
-    await fake.server.start_server()
-    yield fake
-    await fake.server.close()
 
 
 @pytest.fixture
