@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.decode import DecodeError, JsonObject, loads_object, single
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -57,21 +58,30 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def read_json_object(request: web.Request, limit: int, *, optional: bool = False) -> dict[str, Any]:
-    """The body as a JSON object (400 otherwise); ``optional``: an empty body is ``{}``."""
+    """The body as a JSON object under the shared limits (bot/decode.py), 400 otherwise;
+    ``optional``: an empty body is ``{}``."""
+    return dict((await read_fields(request, limit, optional=optional)).data)
+
+
+async def read_fields(request: web.Request, limit: int, *, optional: bool = False) -> JsonObject:
+    """Like :func:`read_json_object`, with typed field accessors."""
     body = await read_body(request, limit)
-    if optional and not body.strip():
-        return {}
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HttpError(400, "invalid_json", f"body is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise HttpError(400, "invalid_json", "body must be a JSON object")
-    return data
+    return loads_object(body, optional=optional)
+
+
+def query_one(request: web.Request, name: str, *, required: bool = True, max_chars: int = 4096) -> str | None:
+    """One query parameter: 400 when missing (if required), given twice or not UTF-8."""
+    return single(request.query.getall(name, []), name, required=required, max_chars=max_chars)
+
+
+def header_one(request: web.Request, name: str, *, required: bool = False, max_chars: int = 8192) -> str | None:
+    """One header value: 400 when given twice or not valid UTF-8 (aiohttp keeps the bytes as surrogates)."""
+    return single(request.headers.getall(name, []), name, required=required, max_chars=max_chars)
 
 
 def bearer_token(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
+    """The bearer token, or None; a header that is not valid UTF-8 or given twice is a 400."""
+    auth = header_one(request, "Authorization") or ""
     scheme, _, token = auth.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
@@ -98,6 +108,9 @@ async def error_middleware(
     except HttpError as exc:
         metrics.http_errors.labels(route, str(exc.status), exc.code).inc()
         response = exc.response()
+    except DecodeError as exc:
+        metrics.http_errors.labels(route, "400", exc.code).inc()
+        response = HttpError(400, exc.code, exc.message).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
