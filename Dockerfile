@@ -15,6 +15,7 @@ COPY bot ./bot
 COPY adapters ./adapters
 COPY engine ./engine
 COPY config ./config
+COPY docs/openapi.yaml ./docs/openapi.yaml
 RUN pip install --upgrade pip \
     && if [ -n "$EXTRAS" ]; then pip install -e ".[$EXTRAS]"; else pip install -e .; fi \
     && useradd --create-home --uid 10001 kefu

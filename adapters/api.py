@@ -12,20 +12,34 @@ as on WeCom or DingTalk. Two halves:
   agent's) go into the conversation's outbox in the shared KV (Redis when
   state is), a list bounded per conversation and expiring, so they reach the
   customer's next ``/chat`` request on any gateway.
+
+Safe by default on the public internet: each client (its API key, or its
+address without keys) gets ``api.rate_per_client_per_min`` requests, 429 past
+it; and ``/chat`` holds at most ``api.pending_share`` of ``hub.max_pending``
+per process (requests waiting here, and its events in the in-process inbox),
+503 past it, so a flood of ``/chat`` cannot push WeCom and DingTalk into 503.
+Without keys the server warns at start, and refuses to listen beyond loopback
+unless told to (``bot/startcheck.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import math
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
+from adapters.web.ratelimit import RateLimiter, client_address, key_client
 from bot import codec
-from bot.http import HttpError, bearer_token, json_response, read_json_object
+from bot.decode import DecodeError, JsonObject
+from bot.http import HttpError, bearer_token, json_response, read_fields
 from bot.hub import Overloaded, StoreUnavailable
 from bot.replybus import ReplyWaiters, send_replies
 from bot.services import Services
@@ -33,6 +47,8 @@ from bot.types import ConversationRef, Event, EventKind, Reply
 
 CHANNEL = "api"
 _MAX_USER_ID = 128
+_USER_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")  # no control characters: the id is part of keys and log lines
+MAX_CONTEXT_CHARS = 4000  # what the answerer puts in the prompt at most (bot/answer.py); longer is refused, not cut
 OUTBOX_MAX = 50  # proactive replies kept per conversation; the oldest go first
 OUTBOX_TTL_S = 24 * 3600  # an agent's reply waits a day for the customer's next request
 _BUS_TOPIC = "api.answer"
@@ -48,6 +64,13 @@ class ApiInbound:
         self.cfg = services.config
         # the worker that answers may be another process: replies come back by the bus
         self._waiters = ReplyWaiters(services.bus, _BUS_TOPIC)
+        self.limits = RateLimiter(services.kv, services.keys, self.cfg.web.rate_per_session_per_min,
+                                  self.cfg.web.rate_per_ip_per_min)
+        # Requests waiting for their answer in this process: at most /chat's share of the pending budget,
+        # so a flood of /chat cannot fill the queue that WeCom's and DingTalk's events need (the in-process
+        # inbox also counts its share per channel; with RabbitMQ this is the gateway's own bound).
+        self.max_in_flight = max(1, math.floor(self.cfg.hub.max_pending * self.cfg.api.pending_share))
+        self.in_flight = 0
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.post("/chat", self.chat)]
@@ -58,37 +81,69 @@ class ApiInbound:
     async def close(self) -> None:
         self._waiters.cancel_all()
 
-    def _authorize(self, request: web.Request) -> None:
+    def _authorize(self, request: web.Request) -> str:
+        """The client the request counts against: its API key (named by a hash), or without keys its
+        address (the widget's rule: ``web.trust_forwarded_for``)."""
         keys = self.cfg.api.keys
         if not keys:
-            return
+            return "ip:" + client_address(request, self.cfg.web.trust_forwarded_for)
         token = bearer_token(request)
         if token is None or not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
             raise HttpError(401, "unauthorized", "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+        return key_client(token)
+
+    async def _limit(self, client: str) -> None:
+        """``api.rate_per_client_per_min`` per client, shared by every gateway (429 past it)."""
+        try:
+            await self.limits.check(f"api:{client}", self.cfg.api.rate_per_client_per_min, "client")
+        except (RedisError, OSError) as exc:
+            log.warning("/chat rate counter unavailable (%s); refused for a retry", type(exc).__name__)
+            raise HttpError(503, "unavailable", "the service is temporarily unavailable; retry shortly",
+                            {"Retry-After": "5"}) from None
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of this process's ``max_in_flight`` places for a request waiting on its answer, else 503."""
+        if self.in_flight >= self.max_in_flight:
+            raise HttpError(503, "overloaded", "too many requests in flight; retry shortly", {"Retry-After": "5"})
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def _decode(self, data: JsonObject) -> tuple[str, str | None, str]:
+        """``query`` (capped like the widget's messages), ``context`` and ``user_id`` (a new one when
+        absent); each a string of valid Unicode within its limit, else a 400 naming the field."""
+        query = data.text("query")
+        if len(query) > self.cfg.api.max_query_chars:
+            raise DecodeError("query_too_long", f"'query' is at most {self.cfg.api.max_query_chars} characters")
+        context = data.opt_text("context")
+        if context is not None and len(context) > MAX_CONTEXT_CHARS:
+            raise DecodeError("context_too_long", f"'context' is at most {MAX_CONTEXT_CHARS} characters")
+        user_id = data.raw("user_id")
+        if user_id is None:
+            return query, context or None, uuid.uuid4().hex
+        try:
+            user_id = data.text("user_id", max_chars=_MAX_USER_ID, pattern=_USER_ID)
+        except DecodeError:
+            raise DecodeError("invalid_user_id", f"'user_id' must be a string of 1-{_MAX_USER_ID} characters") from None
+        return query, context or None, user_id
 
     async def chat(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        data = await read_json_object(request, self.cfg.server.max_body_bytes)
-        query = data.get("query")
-        if not isinstance(query, str) or not query.strip():
-            raise HttpError(400, "invalid_query", "'query' must be a non-empty string")
-        context = data.get("context")
-        if context is not None and not isinstance(context, str):
-            raise HttpError(400, "invalid_context", "'context' must be a string")
-        user_id = data.get("user_id")
-        if user_id is None:
-            user_id = uuid.uuid4().hex
-        elif not isinstance(user_id, str) or not user_id.strip() or len(user_id) > _MAX_USER_ID:
-            raise HttpError(400, "invalid_user_id", f"'user_id' must be a string of 1-{_MAX_USER_ID} characters")
+        await self._limit(self._authorize(request))
+        query, context, user_id = self._decode(await read_fields(request, self.cfg.server.max_body_bytes))
         ref = ConversationRef(channel=self.name, conversation_id=user_id, user_id=user_id)
         event = Event(id=uuid.uuid4().hex, kind=EventKind.MESSAGE, ref=ref, text=query, context=context or None)
-        with self._waiters.waiting(event.id) as fut:
+        with self._slot(), self._waiters.waiting(event.id) as fut:
             try:
                 await self.services.hub.accept(event)
             except StoreUnavailable:
-                raise HttpError(503, "unavailable", "the conversation store is unreachable; retry shortly") from None
+                raise HttpError(503, "unavailable", "the conversation store is unreachable; retry shortly",
+                                {"Retry-After": "5"}) from None
             except Overloaded:
-                raise HttpError(503, "overloaded", "too many requests in flight; retry shortly") from None
+                raise HttpError(503, "overloaded", "too many requests in flight; retry shortly",
+                                {"Retry-After": "5"}) from None
             try:
                 replies = await asyncio.wait_for(asyncio.shield(fut), self.cfg.hub.turn_deadline_s + 5)
             except TimeoutError:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 
-from bot.config import SECRET_NAME, Config, ConfigError, load_config
+from bot.config import Config, ConfigError, load_config
+from bot.logsafe import (
+    SecretFilter,
+    install_malformed_request_filter,
+    install_secret_filter,
+    mask_config,
+    secrets_of,
+)
 
 
 def _load(path: str | None) -> Config:
@@ -19,30 +25,43 @@ def _load(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
-def _logging(cfg: Config) -> None:
+def _logging(cfg: Config) -> SecretFilter:
+    """Root handlers carry a filter that blanks every configured secret, whatever a call site logs."""
     logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_malformed_request_filter()
+    return install_secret_filter(secrets_of(cfg.model_dump()))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from bot.app import create_app
+    from bot.startcheck import check_open_api
+    from bot.state.redisconn import RedisTooOld
 
     cfg = _load(args.config)
-    _logging(cfg)
+    secret_filter = _logging(cfg)
     if args.role != "all" and not cfg.queue.url:
         print(f"kefu-hub: --role {args.role} needs a shared queue: set queue.url (BOT__QUEUE__URL=amqp://...)",
               file=sys.stderr)
         return 2
     try:
+        check_open_api(cfg, args.role)  # /chat without api.keys: a loud warning, refused off loopback
         app = create_app(cfg, role=args.role)
     except (ConfigError, ValueError) as exc:  # a channel or engine refusing its settings
-        print(f"kefu-hub: invalid configuration: {exc}", file=sys.stderr)
+        print(f"kefu-hub: invalid configuration: {secret_filter.scrub(str(exc))}", file=sys.stderr)
         return 2
     port = cfg.server.worker_port if args.role == "worker" else cfg.server.port
     print(f"kefu-hub {args.role} serving on http://{cfg.server.host}:{port}", flush=True)
     access = {} if cfg.logging.access else {"access_log": None}
-    web.run_app(app, host=cfg.server.host, port=port, print=None, shutdown_timeout=15, **access)
+    try:
+        web.run_app(app, host=cfg.server.host, port=port, print=None, shutdown_timeout=15, **access)
+    except RedisTooOld as exc:  # found at connect, before listening: a setup error like any other
+        print(f"kefu-hub: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # through logging (and its secret filter), not the bare traceback hook
+        logging.getLogger("bot").error("kefu-hub %s stopped: %s", args.role, type(exc).__name__, exc_info=True)
+        return 1
     return 0
 
 
@@ -80,22 +99,8 @@ def cmd_intent_eval(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    print(json.dumps(_redact(cfg.model_dump()), indent=2, ensure_ascii=False))
+    print(json.dumps(mask_config(cfg.model_dump()), indent=2, ensure_ascii=False))
     return 0
-
-
-def _redact(data: object, key: str = "") -> object:
-    """Never print secrets: values of keys that look like one are masked."""
-    if isinstance(data, dict):
-        return {k: _redact(v, k) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_redact(v, key) for v in data]
-    if data and SECRET_NAME.search(key) and key not in ("key_prefix", "max_new_tokens", "context_tokens"):
-        return "***"
-    if isinstance(data, str) and "://" in data:  # redis://:password@host, webhook URLs with a key
-        data = re.sub(r"//[^@/]*@", "//***@", data)
-        return re.sub(r"([?&](?:key|token|access_token|secret)=)[^&]+", r"\1***", data)
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:

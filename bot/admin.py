@@ -34,13 +34,15 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
+from bot.decode import DecodeError, has_surrogates
 from bot.dialogue import handoff
-from bot.http import HttpError, bearer_token, json_response, read_json_object
+from bot.http import HttpError, bearer_token, json_response, query_one, read_fields
 from bot.hub import ReplySink
 from bot.services import Services
 from bot.state import DialogueState
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 _MAX_ID = 128
 _MAX_TEXT = 4000
 _SCAN_BATCH = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class AdminApi:
@@ -75,15 +78,15 @@ class AdminApi:
     # ------------------------------------------------------------------ admin
     async def get_conversation(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        ref = _ref({**request.query, **request.match_info})
+        ref = _path_ref(request)
         state = await self.services.store.load(ref.key)
         if state.version == 0:
-            raise HttpError(404, "not_found", f"nothing is stored for conversation {ref.key}")
+            raise HttpError(404, "not_found", "nothing is stored for this conversation")
         return json_response(_state_json(state))
 
     async def delete_conversation(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        ref = _ref({**request.query, **request.match_info})
+        ref = _path_ref(request)
         services = self.services
         await services.store.delete(ref.key)
         deleted = records = 0
@@ -122,14 +125,10 @@ class AdminApi:
     # ------------------------------------------------------------------ agent
     async def agent_reply(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        body = await read_json_object(request, self.services.config.server.max_body_bytes)
-        ref = _ref(body)
-        text = body.get("text")
-        if not isinstance(text, str) or not text.strip() or len(text) > _MAX_TEXT:
-            raise HttpError(400, "invalid_text", f"'text' must be a non-empty string of at most {_MAX_TEXT} characters")
-        agent = body.get("agent")
-        if agent is not None and not isinstance(agent, str):
-            raise HttpError(400, "invalid_agent", "'agent' must be a string")
+        body = await read_fields(request, self.services.config.server.max_body_bytes)
+        ref = _ref(body.data)
+        text = body.text("text", max_chars=_MAX_TEXT)
+        agent = body.opt_text("agent", max_chars=_MAX_ID)
         sink = self._sink(ref.channel)
         limit = self.services.config.state.history_turns
         state = await self.services.hub.update_state(
@@ -141,15 +140,13 @@ class AdminApi:
 
     async def agent_release(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        body = await read_json_object(request, self.services.config.server.max_body_bytes)
-        ref = _ref(body)
-        notify = body.get("notify", True)
-        if not isinstance(notify, bool):
-            raise HttpError(400, "invalid_notify", "'notify' must be true or false")
+        body = await read_fields(request, self.services.config.server.max_body_bytes)
+        ref = _ref(body.data)
+        notify = body.boolean("notify", default=True)
         sink = self._sink(ref.channel)
         current = await self.services.store.load(ref.key)
         if current.version == 0:
-            raise HttpError(404, "not_found", f"no conversation {ref.key} to release")
+            raise HttpError(404, "not_found", "no such conversation to release")
         if not current.handed_off:
             return json_response({"released": False, "key": ref.key, "message": "the bot already has it"})
         lang = current.lang or "zh"
@@ -164,7 +161,7 @@ class AdminApi:
         try:
             return self.services.hub.sink(channel)
         except KeyError:
-            raise HttpError(404, "unknown_channel", f"no channel {channel!r} is running") from None
+            raise HttpError(404, "unknown_channel", "no such channel is running") from None
 
     @staticmethod
     async def _deliver(sink: ReplySink, reply: Reply) -> None:
@@ -172,18 +169,32 @@ class AdminApi:
             await sink.deliver(None, [reply])
         except Exception as exc:
             log.exception("delivering an agent message to %s failed", reply.to.key)
-            raise HttpError(502, "delivery_failed", f"{reply.to.channel} could not deliver it: {exc}") from None
+            # the exception's text may hold a platform URL with its token: only its kind leaves
+            raise HttpError(502, "delivery_failed",
+                            f"{reply.to.channel} could not deliver it ({type(exc).__name__})") from None
+
+
+def _path_ref(request: web.Request) -> ConversationRef:
+    """channel and user_id from the path; tenant and conversation_id from the query, each at most once."""
+    params: dict[str, Any] = {"channel": request.match_info["channel"], "user_id": request.match_info["user_id"]}
+    for name in ("tenant", "conversation_id"):
+        value = query_one(request, name, required=False, max_chars=_MAX_ID)
+        if value is not None:
+            params[name] = value
+    return _ref(params)
 
 
 def _ref(params: Mapping[str, Any]) -> ConversationRef:
-    """The conversation addressed by channel/user_id (+ tenant, conversation_id)."""
+    """The conversation addressed by channel/user_id (+ tenant, conversation_id): each a string of
+    1-128 characters of valid Unicode without control characters (they would end up in keys and logs)."""
     values: dict[str, str] = {}
     for name, required in (("channel", True), ("user_id", True), ("tenant", False), ("conversation_id", False)):
         value = params.get(name)
         if value is None and not required:
             continue
-        if not isinstance(value, str) or not value.strip() or len(value) > _MAX_ID:
-            raise HttpError(400, f"invalid_{name}", f"'{name}' must be a string of 1-{_MAX_ID} characters")
+        if (not isinstance(value, str) or not value.strip() or len(value) > _MAX_ID or has_surrogates(value)
+                or _CONTROL.search(value)):
+            raise DecodeError(f"invalid_{name}", f"'{name}' must be a string of 1-{_MAX_ID} characters")
         values[name] = value.strip()
     conversation = values.get("conversation_id", values["user_id"])
     return ConversationRef(channel=values["channel"], conversation_id=conversation, user_id=values["user_id"],

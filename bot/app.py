@@ -11,19 +11,24 @@ packages.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 from collections.abc import AsyncIterator
 
+import yaml
 from aiohttp import web
 
 from adapters.registry import build_channels
-from bot.config import Config
-from bot.http import METRICS_KEY, error_middleware, json_response
+from bot.config import ROOT, Config
+from bot.http import METRICS_KEY, HttpError, error_middleware, json_response
+from bot.logsafe import redact_url
 from bot.services import Role, Services
 
 log = logging.getLogger(__name__)
 
 SERVICES_KEY = web.AppKey("services", Services)
+OPENAPI_PATH = ROOT / "docs" / "openapi.yaml"
 _MAX_REQUEST_BYTES = 2 * 1024 * 1024  # the largest per-route limit; routes enforce their own
 
 
@@ -41,6 +46,8 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    _openapi_json()  # read at start (once per process), so a broken description shows now, not on a request
     if config.admin.token and services.takes_events:  # the admin and agent API exist only with a token
         from bot.admin import AdminApi
 
@@ -53,8 +60,8 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
         if services.answers_events:
             await services.hub.start_consuming()
         log.info("kefu-hub %s ready: channels %s, state %s, queue %s, engine %s", services.role,
-                 [c.name for c in channels], config.state.url.split("@")[-1],
-                 config.queue.url.split("@")[-1] or "in-process", config.engine.kind)
+                 [c.name for c in channels], redact_url(config.state.url),
+                 redact_url(config.queue.url) if config.queue.url else "in-process", config.engine.kind)
         yield
         await services.hub.close()  # answer what was accepted while channels can still send
         for half in [*inbound, *(c.sender for c in channels)]:
@@ -74,6 +81,26 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(end_long_requests)
     return app
+
+
+@functools.cache
+def _openapi_json() -> bytes | None:
+    """docs/openapi.yaml as JSON, read once per process (None when the docs are not shipped)."""
+    try:
+        spec = yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
+    except OSError:
+        log.warning("%s is missing: GET /openapi.json answers 404", OPENAPI_PATH)
+        return None
+    return json.dumps(spec, ensure_ascii=False).encode()
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    """The HTTP API's description (docs/openapi.yaml), for clients and API tools."""
+    body = _openapi_json()
+    if body is None:
+        raise HttpError(404, "not_found", "the API description is not installed with this server")
+    return web.Response(body=body, content_type="application/json", charset="utf-8",
+                        headers={"Cache-Control": "public, max-age=300"})
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.logsafe import SECRET_KEY
 from engine.config import EngineConfig, OpenAIConfig  # noqa: F401 - both re-exported; engine/ owns them
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,7 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(64 * 1024, gt=0)
     public_url: str = ""  # how customers reach us; used in widget snippets
     worker_port: int = Field(8081, ge=0, le=65535)  # a --role worker process serves /healthz and /metrics here
+    outbound_timeout_s: float = Field(30.0, gt=0)  # longest outbound platform / webhook call (bot.outbound)
 
 
 class StateConfig(_Section):
@@ -48,6 +50,16 @@ class StateConfig(_Section):
     history_turns: int = Field(20, gt=0)
     max_connections: int = Field(100, gt=0)  # Redis connections per process; callers past it wait
     pool_timeout_s: float = Field(5.0, gt=0)  # a wait for a free connection longer than this counts as Redis down
+    socket_timeout_s: float = Field(5.0, gt=0)  # a Redis reply slower than this counts as Redis down
+    connect_timeout_s: float = Field(2.0, gt=0)  # a Redis connect slower than this counts as Redis down
+
+    @field_validator("url")
+    @classmethod
+    def _store_scheme(cls, url: str) -> str:
+        """Refused here, naming the key and not the URL (which may carry a password)."""
+        if not url.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError("expected memory:// or redis://... / rediss://... / unix://...")
+        return url
 
 
 class HubConfig(_Section):
@@ -70,6 +82,10 @@ class QueueConfig(_Section):
 
 class ApiConfig(_Section):
     keys: list[str] = []  # when set, /chat needs Authorization: Bearer <key>
+    max_query_chars: int = Field(2000, gt=0)  # longest /chat query, as web.max_message_chars; past it 400
+    allow_anonymous: bool = False  # let /chat without keys listen on a non-loopback address
+    rate_per_client_per_min: int = Field(60, gt=0)  # /chat requests per API key (or per address without keys)
+    pending_share: float = Field(0.25, gt=0, le=1)  # of hub.max_pending, the most /chat may hold per process
 
 
 class FaqConfig(_Section):
@@ -89,6 +105,10 @@ class WebConfig(_Section):
     replay_events: int = Field(1000, gt=0)  # widget events kept per session for reconnects and reloads
     heartbeat_s: float = Field(15.0, gt=0)  # SSE keep-alive comment interval
     max_streams_per_session: int = Field(8, gt=0)  # open SSE connections (tabs) per session per process
+    max_streams_per_ip: int = Field(32, gt=0)  # open SSE connections per client address per process
+    max_streams: int = Field(10000, gt=0)  # open SSE connections per process
+    max_sessions: int = Field(10000, gt=0)  # sessions one process keeps events of or watches; the longest idle go
+    pending_share: float = Field(0.25, gt=0, le=1)  # of hub.max_pending, the most the widget may hold per process
     demo_page: bool = True  # serve the demo company page at GET /
 
 
@@ -128,6 +148,7 @@ class WecomConfig(_Section):
     aibot_aes_key: str = ""
     aibot_stream_ttl_s: int = Field(600, gt=0)
     aibot_event_wait_s: float = Field(3.0, ge=0, lt=5)
+    response_url_hosts: list[str] = ["qyapi.weixin.qq.com"]  # the AI bot's response_url: these (https, 443) only
 
     _text = field_validator("corp_id", "token", "aes_key", "secret", "robot_key", "aibot_token", "aibot_aes_key",
                             mode="before")(_digits_as_text)
@@ -253,19 +274,38 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-SECRET_NAME = re.compile(r"secret|token|key|password", re.IGNORECASE)  # config keys never printed
+SECRET_NAME = SECRET_KEY  # config keys whose values are never printed (bot.logsafe decides)
+
+
+def _kind(value: Any) -> str:
+    """What was given, never the value itself: a mistyped key (``secert``) or a value
+    in the wrong place may be the very secret the operator meant to set."""
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "text"}.get(type(value), "a value")
 
 
 def _describe(err: ValidationError) -> str:
     lines = []
-    for e in err.errors():
+    for e in err.errors(include_url=False, include_input=True):
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
-        shown = "(hidden)" if SECRET_NAME.search(path) else repr(e.get("input"))
-        lines.append(f"  {path}: {msg}; got {shown}")
+        lines.append(f"  {path}: {msg}; got {_kind(e.get('input'))}")
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's snippet of the offending line (it may hold a secret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "cannot be parsed"
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -278,7 +318,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping of sections")
     data = _merge(data, _env_overrides(environ))

@@ -59,12 +59,32 @@ def loads_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH, surrogates: Surr
             raise DecodeError("invalid_json", _json_reason(exc)) from None
         try:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            value = json.loads(text)
-        except (json.JSONDecodeError, RecursionError, UnicodeError):
+            value = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
+        except (ValueError, RecursionError):  # JSONDecodeError, and our hooks' refusals, are ValueErrors
             raise DecodeError("invalid_json", "body is not valid JSON") from None
         value = _clean(value, max_depth)
         return value
     _check_depth(value, max_depth)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; orjson refuses them, so the fallback parser does too."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bounded_int(digits: str) -> int | float:
+    """As orjson: integers beyond 64 bits become floats (``int("1" * 5000)`` would raise
+    Python's digit limit, and the range checks of ``check_int`` refuse them either way)."""
+    if len(digits.lstrip("-")) > 19:
+        return _finite_float(digits)
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number is infinite")
     return value
 
 
@@ -252,13 +272,17 @@ def single(values: list[str], name: str, *, required: bool = True, max_chars: in
     """The one value of a query parameter or header: missing (when required) or
     given twice is an error, and so is text that was not valid UTF-8 (aiohttp
     keeps such bytes as lone surrogates, which fail at the first ``encode``)."""
+    code = name.lower().replace("-", "_")  # Last-Event-ID -> invalid_last_event_id
     if not values:
         if required:
-            raise DecodeError(f"missing_{name.lower()}", f"'{name}' is required")
+            raise DecodeError(f"missing_{code}", f"'{name}' is required")
         return None
     if len(values) > 1:
-        raise DecodeError(f"duplicate_{name.lower()}", f"'{name}' is given more than once")
-    return check_text(values[0], name, max_chars=max_chars)
+        raise DecodeError(f"duplicate_{code}", f"'{name}' is given more than once")
+    try:
+        return check_text(values[0], name, max_chars=max_chars)
+    except DecodeError as exc:
+        raise DecodeError(f"invalid_{code}", exc.message) from None
 
 
 def has_surrogates(text: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,7 +40,15 @@ class HttpError(Exception):
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    """UTF-8 JSON, Chinese as is. A lone surrogate that slipped into a value (text stored before the
+    shared decoder refused them) cannot be UTF-8 encoded; it is then written as a ``\\udXXX``
+    escape rather than failing the response with a 500."""
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        body = text.encode()
+    except UnicodeEncodeError:
+        body = json.dumps(data).encode()
+    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -70,8 +79,20 @@ async def read_fields(request: web.Request, limit: int, *, optional: bool = Fals
 
 
 def query_one(request: web.Request, name: str, *, required: bool = True, max_chars: int = 4096) -> str | None:
-    """One query parameter: 400 when missing (if required), given twice or not UTF-8."""
-    return single(request.query.getall(name, []), name, required=required, max_chars=max_chars)
+    """One query parameter: 400 when missing (if required), given twice or not UTF-8.
+
+    Read from the raw query string: yarl turns a percent-escape that is not UTF-8 (``%ff``) into
+    U+FFFD, which would pass for text; decoded here with ``surrogateescape`` it stays detectable."""
+    return single(query_values(request, name), name, required=required, max_chars=max_chars)
+
+
+def query_values(request: web.Request, name: str) -> list[str]:
+    """Every value of a query parameter, escapes that are not UTF-8 kept as lone surrogates."""
+    raw = request.rel_url.raw_query_string
+    if "%" not in raw:
+        return request.query.getall(name, [])
+    pairs = urllib.parse.parse_qsl(raw, keep_blank_values=True, errors="surrogateescape")
+    return [v for k, v in pairs if k == name]
 
 
 def header_one(request: web.Request, name: str, *, required: bool = False, max_chars: int = 8192) -> str | None:

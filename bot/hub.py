@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from bot.config import HubConfig
@@ -29,7 +29,7 @@ from bot.types import Event, Reply, ReplyChunk
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hub", "Overloaded", "ReplySink", "StoreUnavailable", "StreamingSink"]
+__all__ = ["Hub", "Overloaded", "ReplySink", "StoreUnavailable", "StreamingSink", "share_limits"]
 
 class ReplySink(Protocol):
     async def deliver(self, event: Event | None, replies: Sequence[Reply]) -> None:
@@ -42,6 +42,11 @@ class StreamingSink(Protocol):
         """Show a partial answer while it is generated."""
 
 
+def share_limits(max_pending: int, shares: Mapping[str, float]) -> dict[str, int]:
+    """Each channel's share of ``max_pending`` as a count of events (at least one)."""
+    return {channel: max(1, int(max_pending * share)) for channel, share in shares.items()}
+
+
 class Hub:
     def __init__(
         self,
@@ -52,6 +57,7 @@ class Hub:
         inbox: Inbox | None = None,
         steps: Sequence[Step] | None = None,
         origin: str = "",
+        shares: Mapping[str, float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -62,8 +68,11 @@ class Hub:
         self._answers_own = inbox is None
         # The inbox runs up to max_pending conversations at once; turn slots (max_concurrent_turns)
         # bound only the deciding part, so conversations waiting on a slow send do not block the others.
+        # Public channels (``shares``: /chat, the widget) may hold only their share of max_pending, so a
+        # flood on them cannot push the platform channels into 503.
         self.inbox: Inbox = inbox or MemoryInbox(store, metrics, max_pending=cfg.max_pending,
-                                                 max_concurrent=cfg.max_pending)
+                                                 max_concurrent=cfg.max_pending,
+                                                 channel_limits=share_limits(cfg.max_pending, shares or {}))
         self.pipeline = TurnPipeline(
             store, steps if steps is not None else [Dialogue(handler)], self._send, metrics,
             ledger=self.inbox.redelivers, slots=asyncio.Semaphore(cfg.max_concurrent_turns),

@@ -14,10 +14,12 @@ from bot.hub import Hub
 from bot.inbox import Inbox
 from bot.metrics import Metrics
 from bot.notify import Notifier
+from bot.outbound import http_timeout
 from bot.replybus import LocalBus, RabbitBus, ReplyBus
 from bot.state import StateStore, open_store
 from bot.state.keys import Keys
 from bot.state.kv import MemoryKV, RedisKV, SharedKV
+from bot.state.redisconn import open_blocking_client, require_supported
 from bot.turn import TurnHandler
 from engine.base import Engine, EngineError
 from engine.factory import open_engine
@@ -37,6 +39,11 @@ class Services:
         self.store: StateStore = open_store(config.state)
         client = getattr(self.store, "client", None)
         self.redis = client  # the shared redis.asyncio client when state lives in Redis
+        # Blocking reads (the widget's XREAD) on a pool of their own, so they never take the shared pool's
+        # connections that dedup, state and rate counters need (bot/state/redisconn.py).
+        self.redis_blocking = None if client is None else open_blocking_client(
+            config.state.url, socket_timeout_s=config.state.socket_timeout_s,
+            connect_timeout_s=config.state.connect_timeout_s)
         self.kv: SharedKV = RedisKV(client) if client is not None else MemoryKV()
         self.faq = FaqIndex.load(config.resolve_path(config.faq.path), config.faq.threshold)
         self.engine: Engine | None = open_engine(config.engine, base_dir=config.resolve_path("."))
@@ -49,9 +56,14 @@ class Services:
         )
         self.bus: ReplyBus = RabbitBus(config.queue.url, config.queue.name) if config.queue.url else LocalBus()
         self.hub = Hub(config.hub, self.store, self._handler(), self.metrics, inbox=self._inbox(),
-                       origin=self.bus.origin)
+                       origin=self.bus.origin, shares=self.pending_shares)
         self.notifiers: list[Notifier] = []  # filled by channels that can reach the team
         self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def pending_shares(self) -> dict[str, float]:
+        """The public channels' shares of ``hub.max_pending`` (each process counts its own)."""
+        return {"api": self.config.api.pending_share, "web": self.config.web.pending_share}
 
     @property
     def takes_events(self) -> bool:
@@ -84,12 +96,15 @@ class Services:
     def http(self) -> aiohttp.ClientSession:
         """Outbound HTTP for every channel (never a blocking client on the loop)."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+            self._http = aiohttp.ClientSession(timeout=http_timeout(self.config.server.outbound_timeout_s))
         return self._http
 
     async def start(self) -> None:
         """Open what this role needs; the queue and the bus reconnect by themselves later,
-        but must answer once at start (a worker without its broker is not a worker)."""
+        but must answer once at start (a worker without its broker is not a worker). A Redis older than
+        the commands we use is refused here (:class:`~bot.state.redisconn.RedisTooOld`)."""
+        if self.redis is not None:
+            await require_supported(self.redis)
         await self.hub.inbox.start()
         await self.bus.start()
         if self.engine is not None and self.answers_events:
@@ -107,4 +122,6 @@ class Services:
             await self.engine.close()
         if self._http is not None:
             await self._http.close()
+        if self.redis_blocking is not None:
+            await self.redis_blocking.aclose()
         await self.store.close()

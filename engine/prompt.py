@@ -7,17 +7,36 @@ accept a single leading system message and strictly alternating turns, so
 system messages are merged into one (in order) and consecutive same-role
 turns are joined. When the prompt is too long the oldest turns go first, then
 the end of the system text (where FAQ entries sit), and only as a last resort
-the oldest tokens.
+the oldest tokens. User and assistant turns carry other people's words, so
+template control tokens in them are broken (:func:`literal_turn`); caller-
+supplied context arrives inside the user's turn as quoted data (bot/answer.py),
+never in the system message.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from engine.base import ChatMessage
 
 Message = dict[str, str]
 Encode = Callable[[list[Message]], list[int]]
+
+# Chat templates are rendered to a string and then tokenized with special tokens recognised, so a customer
+# who types ``<|im_end|>\n<|im_start|>system`` would open a real system turn of their own. In user and
+# assistant turns such control tokens are broken with an invisible U+200B after their first character:
+# the model reads the same characters, the tokenizer no longer sees the token.
+_CONTROL_TOKEN = re.compile(
+    r"<\|[^|<>\s]{1,48}\|>"  # <|im_start|>, <|eot_id|>, <|user|> (Qwen, Llama 3, ChatGLM, Phi)
+    r"|<｜[^｜<>\n]{1,48}｜>"  # <｜begin▁of▁sentence｜> (DeepSeek)
+    r"|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<(?:bos|eos|pad|unk)>"  # Llama 2, Mistral, Gemma
+)
+
+
+def literal_turn(text: str) -> str:
+    """``text`` with chat-template control tokens broken, so it stays text inside its turn."""
+    return _CONTROL_TOKEN.sub(lambda m: m.group(0)[0] + "\u200b" + m.group(0)[1:], text)
 
 
 def normalize(messages: Sequence[ChatMessage], default_system: str = "") -> list[Message]:
@@ -29,10 +48,11 @@ def normalize(messages: Sequence[ChatMessage], default_system: str = "") -> list
     for m in messages:
         if m.role == "system":
             continue
+        content = literal_turn(m.content)  # customers' (and agents') words: never template control tokens
         if len(out) > (1 if system else 0) and out[-1]["role"] == m.role:
-            out[-1] = {"role": m.role, "content": out[-1]["content"] + "\n\n" + m.content}
+            out[-1] = {"role": m.role, "content": out[-1]["content"] + "\n\n" + content}
         else:
-            out.append({"role": m.role, "content": m.content})
+            out.append({"role": m.role, "content": content})
     return out
 
 

@@ -10,6 +10,9 @@ Retries happen only before the first token (connection errors, 408/429/5xx,
 a silent server): after it, retrying would send the customer the beginning of
 the answer twice. Timeouts are per read, never around a ``yield``, so a slow
 consumer is not mistaken for a slow server.
+
+Errors and log lines name the URL without credentials and aiohttp's errors by
+type only: their ``repr()`` carries ``request_info``, headers (the API key) included.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,13 +64,14 @@ class RemoteEngine:
 
     async def start(self) -> None:
         if not self._base.startswith(("http://", "https://")):
-            raise EngineError(f"engine.openai.base_url must be http(s)://..., got {self.ocfg.base_url!r}")
+            raise EngineError(f"engine.openai.base_url must be http(s)://..., got {_safe_url(self.ocfg.base_url)}")
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.ocfg.timeout_s)
             self._session = aiohttp.ClientSession(timeout=timeout, headers=self._headers())
         self.started = True
         if not await self.ready():  # not fatal: the server may start after the hub
-            log.warning("openai engine: %s/models did not answer yet; requests will be tried anyway", self._base)
+            log.warning("openai engine: %s/models did not answer yet; requests will be tried anyway",
+                        _safe_url(self._base))
 
     async def close(self) -> None:
         if self._session is not None and self._own_session:
@@ -89,6 +94,11 @@ class RemoteEngine:
             ok = False
         self._ready, self._ready_at = ok, time.monotonic()
         return ok
+
+    def _hide_key(self, text: str) -> str:
+        """A proxy in front of the server may echo the request, Authorization header included."""
+        key = self.ocfg.api_key
+        return text.replace(key, "***") if key else text
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "text/event-stream"}
@@ -134,8 +144,9 @@ class RemoteEngine:
                 raise
             except (_Retryable, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if started:
-                    raise EngineError(f"openai engine: stream broke after the first token: {exc!r}") from None
-                retry = exc if isinstance(exc, _Retryable) else _Retryable(repr(exc))
+                    raise EngineError(f"openai engine: stream broke after the first token: {type(exc).__name__}"
+                                      ) from None
+                retry = exc if isinstance(exc, _Retryable) else _Retryable(type(exc).__name__)
             if attempt + 1 >= attempts:
                 raise EngineError(f"openai engine: {retry} (after {attempts} attempts)")
             delay = self.ocfg.retry_backoff_s * (2**attempt)
@@ -160,11 +171,16 @@ class RemoteEngine:
             self._check_deadline(request, "while connecting")
             raise _Retryable(f"no response within {self.ocfg.timeout_s:g} s") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise _Retryable(f"cannot reach {url}: {exc!r}") from None
+            raise _Retryable(f"cannot reach {_safe_url(url)}: {type(exc).__name__}") from None
         async with resp:
             if resp.status != 200:
-                text = (await resp.text(errors="replace"))[:300]
-                message = f"HTTP {resp.status} from {url}: {text}"
+                try:  # an error body is read under the same bound as every other read, and only its start
+                    async with asyncio.timeout(self._read_budget(request)):
+                        raw = await resp.content.read(300)
+                except (TimeoutError, aiohttp.ClientError):
+                    raw = b""
+                text = self._hide_key(raw.decode("utf-8", errors="replace"))
+                message = f"HTTP {resp.status} from {_safe_url(url)}: {text}"
                 if resp.status in RETRY_STATUS:
                     raise _Retryable(message, _retry_after(resp.headers.get("Retry-After")))
                 raise EngineError(f"openai engine: {message}")
@@ -186,7 +202,7 @@ class RemoteEngine:
                 raise EngineError(f"openai engine: stream stalled for {self.ocfg.timeout_s:g} s") from None
             except (aiohttp.ClientError, OSError) as exc:
                 if first:
-                    raise _Retryable(f"stream broke before the first token: {exc!r}") from None
+                    raise _Retryable(f"stream broke before the first token: {type(exc).__name__}") from None
                 raise
             if data is None or data.strip() == "[DONE]":
                 return
@@ -245,6 +261,23 @@ def _delta(data: str) -> str:
         if isinstance(text, str):
             parts.append(text)
     return "".join(parts)
+
+
+def _safe_url(url: str) -> str:
+    """``scheme://host:port/path`` for messages: no user-info, query or fragment (a hosted
+    gateway may take its key there). ``engine/`` imports nothing from ``bot/``, so this is
+    a small copy of ``bot.logsafe.redact_url``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "***"
+    if ":" in host:
+        host = f"[{host}]"
+    userinfo = "***@" if (parts.username or parts.password) else ""
+    query = "?***" if parts.query else ""
+    return f"{parts.scheme}://{userinfo}{host}{port}{parts.path}{query}" if parts.scheme else "***"
 
 
 def _retry_after(value: str | None) -> float | None:

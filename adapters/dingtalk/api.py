@@ -2,12 +2,20 @@
 OpenAPI sends, the app access token and the per-robot send rate.
 
 A ``sessionWebhook`` comes inside the inbound payload, so it is only called
-when its host is on ``dingtalk.webhook_hosts`` (https, except loopback hosts
-used by tests); otherwise a forged callback could make the hub call any URL.
+when :class:`bot.outbound.OutboundPolicy` built from ``dingtalk.webhook_hosts``
+allows it (https on 443, except loopback hosts listed for tests), and never
+with redirects followed; otherwise a forged callback could make the hub call
+any URL. An answer that is not JSON after the request went out counts as a
+send that may have arrived (:class:`DingtalkMaybeSent`): it is not sent again.
 When it is refused, fails or has expired the reply goes through the OpenAPI,
 which needs an app access token: cached in the shared KV (Redis) so every
 process uses one token, refreshed by one caller at a time, and every send waits
 for the robot's send budget (both from :mod:`bot.state.shared`).
+
+The sessionWebhook carries its ``session`` token in the query and every OpenAPI
+call its access token in a header, and ``str()``/``repr()`` of aiohttp's errors
+show the URL (and ``request_info`` the headers): errors raised here name the
+call and the error's type, and never keep the aiohttp exception as their cause.
 """
 
 from __future__ import annotations
@@ -17,14 +25,15 @@ import json
 import logging
 import re
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from bot.config import DingtalkConfig
+from bot.outbound import OutboundPolicy, OutboundRefused
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
 from bot.state.shared import SharedToken, WindowGate
@@ -32,8 +41,8 @@ from bot.types import ConversationRef, Event
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _WEBHOOK_MARGIN_MS = 60_000  # treat a sessionWebhook as expired a minute early
+_WEBHOOK_ANSWER_BYTES = 64 * 1024  # a sessionWebhook answers a few bytes of JSON; more is not read
 _MARKDOWN = re.compile(
     r"(^|\n)\s{0,3}(#{1,6}\s|[-*+]\s|\d+\.\s|>\s|```)"  # headings, lists, quotes, code fences
     r"|\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\s]+\)|!\[[^\]\n]*\]\([^)\s]+\)|`[^`\n]+`"  # bold, links, images, code
@@ -65,16 +74,8 @@ def markdown_title(text: str, limit: int = 20) -> str:
 
 
 def webhook_allowed(url: str, hosts: list[str]) -> bool:
-    """https to a listed host; plain http only to a listed loopback host (tests)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = (parts.hostname or "").lower()
-        _ = parts.port  # raises on a malformed port
-    except ValueError:
-        return False
-    if not host or host not in {h.lower() for h in hosts}:
-        return False
-    return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)
+    """https on 443 to a listed host; any port, plain http too, only to a listed loopback host (tests)."""
+    return OutboundPolicy.of(hosts).allows(url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class DingtalkApi:
         self.tokens = SharedToken(kv, keys.token(f"dingtalk:{cfg.app_key}"), keys.lock(f"dingtalk-token:{cfg.app_key}"),
                                   self._fetch_token, timeout_error=DingtalkError)
         self.gate = WindowGate(kv, keys.rate, cfg.send_rate_per_min, clock=clock, sleep=sleep)
+        self.webhooks = OutboundPolicy.of(cfg.webhook_hosts)
         self._clock = clock
 
     async def wait_send_rate(self) -> None:
@@ -144,14 +146,10 @@ class DingtalkApi:
     async def send(self, target: Target, text: str, markdown: bool) -> str:
         """Send one message, waiting for the send rate; returns the route taken ("webhook" or "openapi")."""
         await self.wait_send_rate()
-        url = target.webhook
-        if url:
+        url = self._checked_webhook(target.webhook)
+        if url is not None:
             expires = target.webhook_expires_ms
-            if not webhook_allowed(url, self.cfg.webhook_hosts):
-                host = urllib.parse.urlsplit(url).hostname if url.isascii() else "?"
-                log.warning("sessionWebhook host %r is not in dingtalk.webhook_hosts; not called, using the OpenAPI",
-                            host)
-            elif expires is not None and expires - _WEBHOOK_MARGIN_MS <= self._clock() * 1000:
+            if isinstance(expires, int) and expires - _WEBHOOK_MARGIN_MS <= self._clock() * 1000:
                 log.info("sessionWebhook of %s expired; using the OpenAPI", target.conversation_id)
             else:
                 try:
@@ -164,15 +162,40 @@ class DingtalkApi:
         await self._robot_send(target, text, markdown)
         return "openapi"
 
-    async def _webhook(self, url: str, payload: dict[str, Any]) -> None:
+    def _checked_webhook(self, webhook: str) -> URL | None:
+        """The sessionWebhook to call, or None: none given, or refused by the policy (logged, host only)."""
+        if not webhook:
+            return None
         try:
-            async with self.http().post(url, json=payload) as resp:
-                data = await resp.json(content_type=None)
+            return self.webhooks.check(webhook)
+        except OutboundRefused as exc:
+            log.warning("sessionWebhook host %r is not in dingtalk.webhook_hosts (%s); not called, using the OpenAPI",
+                        exc.host, exc.why)
+            return None
+
+    async def _webhook(self, url: URL, payload: dict[str, Any]) -> None:
+        """One POST to a checked sessionWebhook. Not delivered (the OpenAPI may send instead): no connection,
+        a redirect (never followed), an error status or errcode. Maybe delivered (sent nowhere else): the call
+        broke off or timed out after the request went out, or a 200 whose body is not a JSON object.
+        Messages name the exception type only: aiohttp's carry the URL, and the URL is a credential."""
+        try:
+            async with self.http().post(url, json=payload, allow_redirects=False) as resp:
                 status = resp.status
-        except (aiohttp.ClientConnectorError, ValueError) as exc:
-            raise DingtalkError(f"sessionWebhook call failed: {exc!r}") from exc
+                raw = await resp.content.read(_WEBHOOK_ANSWER_BYTES)
+        except aiohttp.ClientConnectorError as exc:
+            raise DingtalkError(f"sessionWebhook unreachable: {type(exc).__name__}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DingtalkMaybeSent(f"sessionWebhook call broke off, the reply may have arrived: {exc!r}") from exc
+            raise DingtalkMaybeSent(f"sessionWebhook call broke off, the reply may have arrived: "
+                                    f"{type(exc).__name__}") from None
+        if 300 <= status < 400:
+            raise DingtalkError(f"sessionWebhook answered a redirect (HTTP {status}); not followed")
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if status == 200 and not isinstance(data, dict):
+            raise DingtalkMaybeSent("sessionWebhook answered HTTP 200 without a JSON object; the reply may have "
+                                    "arrived, so it is not sent again")
         errcode = data.get("errcode", 0) if isinstance(data, dict) else None
         if status != 200 or errcode not in (0, "0"):
             raise DingtalkError(f"sessionWebhook refused: HTTP {status} {_brief(data)}")
@@ -206,11 +229,11 @@ class DingtalkApi:
         url = self.cfg.api_base.rstrip("/") + "/v1.0/oauth2/accessToken"
         body = {"appKey": self.cfg.app_key, "appSecret": self.cfg.app_secret}
         try:
-            async with self.http().post(url, json=body) as resp:
+            async with self.http().post(url, json=body, allow_redirects=False) as resp:  # the secret stays here
                 data = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DingtalkError(f"access token request failed: {exc!r}") from exc
+            raise DingtalkError(f"access token request failed: {type(exc).__name__}") from None
         token = data.get("accessToken") if isinstance(data, dict) else None
         if status != 200 or not isinstance(token, str) or not token:
             raise DingtalkError(f"access token refused: HTTP {status} {_brief(data)}")
@@ -226,11 +249,12 @@ class DingtalkApi:
             token = await self.tokens.get(stale)
             headers = {"x-acs-dingtalk-access-token": token}
             try:
-                async with self.http().request(method, url, json=body, headers=headers) as resp:
+                # not redirected: the token header would go along to wherever a 3xx points
+                async with self.http().request(method, url, json=body, headers=headers, allow_redirects=False) as resp:
                     status = resp.status
                     data = await resp.json(content_type=None) if resp.content_length != 0 else {}
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise DingtalkError(f"{method} {path} failed: {exc!r}") from exc
+                raise DingtalkError(f"{method} {path} failed: {type(exc).__name__}") from None
             data = data if isinstance(data, dict) else {}
             if status == 401 or (status == 403 and "token" in str(data.get("code", "")).lower()):
                 if attempt == 1:

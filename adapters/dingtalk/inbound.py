@@ -4,6 +4,11 @@ Stream-mode connection, both feeding ``hub.accept``.
 Inbound traffic is only verified, parsed and handed to the hub, then acknowledged at
 once; the answer goes out later from whichever process runs the turn
 (:class:`adapters.dingtalk.sender.DingtalkSender`).
+
+The ``timestamp`` and ``sign`` headers are single UTF-8 values (a repeated or
+non-UTF-8 header is a 400); the body is read only after the signature checks
+out, under the shared JSON limits, with lone surrogates replaced because the
+message is DingTalk's. Refusals are 4xx JSON and never echo the payload.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from dingtalk_stream import AckMessage
 from adapters.dingtalk import sign
 from adapters.dingtalk.parse import CHANNEL, ParseError, parse_message
 from adapters.dingtalk.stream import StreamConnection
-from bot.http import HttpError, read_json_object
+from bot.decode import DecodeError, loads_object
+from bot.http import HttpError, header_one, read_body
 from bot.hub import Overloaded
 from bot.services import Services
 
@@ -59,19 +65,22 @@ class DingtalkInbound:
 
     async def callback(self, request: web.Request) -> web.Response:
         """HTTP-mode robot callback: signature, then JSON, then the hub; 200 at once."""
+        timestamp = header_one(request, "timestamp", max_chars=32)
+        signature = header_one(request, "sign", max_chars=128)
         try:
-            sign.verify(
-                request.headers.get("timestamp"), request.headers.get("sign"), self.cfg.app_secret,
-                now_ms=lambda: self._clock() * 1000,
-            )
+            sign.verify(timestamp, signature, self.cfg.app_secret, now_ms=lambda: self._clock() * 1000)
         except sign.StaleTimestamp as exc:
             raise HttpError(403, "stale_timestamp", str(exc)) from None
         except sign.SignatureError as exc:
             raise HttpError(401, "invalid_signature", str(exc)) from None
-        data = await read_json_object(request, self.services.config.server.max_body_bytes)
+        body = await read_body(request, self.services.config.server.max_body_bytes)
         try:
-            event = parse_message(data)
+            event = parse_message(loads_object(body, surrogates="replace").data)
+        except DecodeError as exc:
+            log.warning("DingTalk callback refused: %s", exc.message)
+            raise HttpError(400, exc.code, exc.message) from None
         except ParseError as exc:
+            log.warning("DingTalk callback refused: %s", exc)
             raise HttpError(400, "invalid_message", str(exc)) from None
         try:
             await self.services.hub.accept(event)

@@ -4,10 +4,18 @@ The HTTP callback body and the Stream-mode ``ChatbotMessage`` frame data are
 the same JSON, so both modes share this. What only the DingTalk adapter needs
 to answer (``sessionWebhook``, its expiry, the sender's staff id for the
 @-mention) goes into ``Event.channel_data``.
+
+The input passed the platform's check (the HTTP signature, the Stream
+connection's ticket) and was decoded by :mod:`bot.decode` with surrogates
+replaced, so this is lenient where a signed message must not be lost (an id
+sent as a number is taken as its digits, a display label of the wrong type is
+dropped) and strict only where an answer is impossible. Errors name the field,
+never its value.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +25,9 @@ from bot.types import Attachment, ConversationRef, Event, EventKind
 CHANNEL = "dingtalk"
 SINGLE, GROUP = "1", "2"
 _MAX_ID = 512
+_MAX_URL = 4096
+_MAX_MS = 10**15  # milliseconds; year 33658
+_DIGITS = re.compile(r"[0-9]{1,16}")  # ASCII only: "²".isdigit() is True and int("²") raises
 
 
 class ParseError(ValueError):
@@ -31,6 +42,8 @@ def _str(data: Mapping[str, Any], name: str, *, required: bool = False) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ParseError(f"'{name}' must be a string")
+    if isinstance(value, int) and not -(10**18) < value < 10**19:
+        raise ParseError(f"'{name}' is out of range")
     text = str(value)
     if len(text) > _MAX_ID:
         raise ParseError(f"'{name}' is longer than {_MAX_ID} characters")
@@ -44,12 +57,13 @@ def _label(data: Mapping[str, Any], name: str, limit: int = 256) -> str:
 
 
 def _int_or_none(value: Any) -> int | None:
+    """A millisecond time in range, or None when absent or unreadable."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, int) and 0 <= value <= _MAX_MS:
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
     return None
 
 
@@ -108,7 +122,7 @@ def parse_message(data: Mapping[str, Any]) -> Event:
         raise ParseError("'senderId' is missing")
     conversation_type = _str(data, "conversationType") or SINGLE
     if conversation_type not in (SINGLE, GROUP):
-        raise ParseError(f"'conversationType' must be 1 (single) or 2 (group), got {conversation_type!r}")
+        raise ParseError("'conversationType' must be 1 (single) or 2 (group)")
     msgtype = _str(data, "msgtype") or "unknown"
     chatbot_user_id = _str(data, "chatbotUserId")
     mentions = []
@@ -130,7 +144,7 @@ def parse_message(data: Mapping[str, Any]) -> Event:
     )
     channel_data = {
         "msgtype": msgtype,
-        "session_webhook": webhook if isinstance(webhook, str) else "",
+        "session_webhook": webhook if isinstance(webhook, str) and len(webhook) <= _MAX_URL else "",
         "session_webhook_expires_ms": _int_or_none(data.get("sessionWebhookExpiredTime")),
         "sender_id": sender_id,
         "sender_staff_id": staff_id,

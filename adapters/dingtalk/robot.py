@@ -14,6 +14,7 @@ from collections.abc import Callable
 import aiohttp
 
 from adapters.dingtalk.sign import compute
+from bot.notify import literal_markdown, literal_title
 from bot.state.shared import WindowGate
 from bot.text import split_utf8
 
@@ -37,9 +38,12 @@ class GroupRobotNotifier:
         self._bucket = "dingtalk-robot:" + hashlib.sha256(webhook.encode()).hexdigest()[:12]
 
     async def notify(self, title: str, text: str) -> None:
-        body = f"#### {title.strip()}\n\n{text}" if title.strip() else text
+        """A markdown notice; title and text are plain text, made literal so that customer text is
+        never a link, image or tag in the team's group."""
+        title, text = literal_title(title), literal_markdown(text)
+        body = f"#### {title}\n\n{text}" if title else text
         for piece in split_utf8(body, MARKDOWN_LIMIT_BYTES):
-            await self.send({"msgtype": "markdown", "markdown": {"title": title.strip() or "通知", "text": piece}})
+            await self.send({"msgtype": "markdown", "markdown": {"title": title or "通知", "text": piece}})
 
     async def send(self, payload: dict[str, object]) -> None:
         await self.gate.wait(self._bucket)
@@ -48,11 +52,13 @@ class GroupRobotNotifier:
             ts = str(int(self.clock() * 1000))
             params = {"timestamp": ts, "sign": compute(ts, self.secret)}  # aiohttp URL-encodes it
         try:
-            async with self.http().post(self.webhook, params=params, json=payload) as resp:
-                data = await resp.json(content_type=None)
+            async with self.http().post(self.webhook, params=params, json=payload, allow_redirects=False) as resp:
                 status = resp.status
+                data = await resp.json(content_type=None) if status < 300 or status >= 400 else None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise GroupRobotError(f"group robot unreachable: {type(exc).__name__}") from exc
+            # from None: aiohttp's errors carry the webhook URL, whose access_token is the robot's credential
+            raise GroupRobotError(f"group robot unreachable: {type(exc).__name__}") from None
         code = data.get("errcode") if isinstance(data, dict) else None
         if status != 200 or code not in (0, "0"):
-            raise GroupRobotError(f"group robot refused: HTTP {status} errcode {code}")
+            shown = code if isinstance(code, int) else "?"
+            raise GroupRobotError(f"group robot refused: HTTP {status} errcode {shown}")

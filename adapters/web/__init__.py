@@ -22,9 +22,10 @@ def open_stores(services: Services) -> tuple[EventLog, FeedbackStore]:
     """The session event log and the feedback store, in Redis when state is, else in this process."""
     cfg, idle = services.config.web, services.config.state.idle_ttl_s
     if services.redis is not None:
-        return (RedisEventLog(services.redis, services.keys, cfg.replay_events, idle),
+        return (RedisEventLog(services.redis, services.keys, cfg.replay_events, idle,
+                              blocking=services.redis_blocking, max_sessions=cfg.max_sessions),
                 RedisFeedbackStore(services.redis, services.keys, idle))
-    return MemoryEventLog(cfg.replay_events, idle), MemoryFeedbackStore()
+    return MemoryEventLog(cfg.replay_events, idle, cfg.max_sessions), MemoryFeedbackStore()
 
 
 __all__ = ["WebInbound", "WebSender", "open_stores"]

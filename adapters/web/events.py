@@ -18,7 +18,13 @@ Reading in Redis mode: open SSE connections never hold a pooled connection
 each. One :class:`StreamReader` per process blocks in a single ``XREAD`` on
 every watched session stream (on one connection of its own) and wakes the
 local readers of the sessions that got events, so the connections SSE uses do
-not grow with the number of open streams.
+not grow with the number of open streams. That connection comes from a pool
+of its own (``Services.redis_blocking``), so the blocking read can never take
+one that dedup, state or rate counters need, however small the shared pool.
+
+Both logs are bounded per process in sessions (``web.max_sessions``): past it
+the longest idle session nobody is reading is forgotten here (in Redis its
+stream stays, and a later reader watches it again).
 """
 
 from __future__ import annotations
@@ -108,13 +114,14 @@ class EventLog(Protocol):
 
 
 class _MemorySession:
-    __slots__ = ("cond", "entries", "streamed", "touched")
+    __slots__ = ("cond", "entries", "readers", "streamed", "touched")
 
     def __init__(self, per_session: int) -> None:
         self.entries: deque[Entry] = deque(maxlen=per_session)
         self.cond = asyncio.Condition()
         self.streamed: OrderedDict[str, None] = OrderedDict()  # answers with streamed deltas, oldest first
         self.touched = time.monotonic()
+        self.readers = 0  # reads waiting on it now: never forgotten while read, or their events would go astray
 
 
 class MemoryEventLog:
@@ -137,11 +144,18 @@ class MemoryEventLog:
         if item is None:
             item = _MemorySession(self.per_session)
             self._logs[session_id] = item
-            while len(self._logs) > self.max_sessions:  # bounded: forget the longest-idle session
-                self._logs.popitem(last=False)
+            self._forget_idle()
         self._logs.move_to_end(session_id)
         item.touched = now
         return item
+
+    def _forget_idle(self) -> None:
+        """Bounded: past ``max_sessions`` forget the longest-idle sessions nobody is reading."""
+        excess = len(self._logs) - self.max_sessions
+        if excess <= 0:
+            return
+        for sid in [sid for sid, item in self._logs.items() if not item.readers][:excess]:
+            del self._logs[sid]
 
     def _next_id(self) -> str:
         ms = int(time.time() * 1000)
@@ -187,11 +201,15 @@ class MemoryEventLog:
         found = self._after(entries, cursor)
         if found:
             return found
-        async with cond:
-            try:
-                await asyncio.wait_for(cond.wait_for(lambda: bool(self._after(entries, cursor))), timeout_s)
-            except TimeoutError:
-                return []
+        item.readers += 1
+        try:
+            async with cond:
+                try:
+                    await asyncio.wait_for(cond.wait_for(lambda: bool(self._after(entries, cursor))), timeout_s)
+                except TimeoutError:
+                    return []
+        finally:
+            item.readers -= 1
         return self._after(entries, cursor)
 
     async def entries(self, session_id: str) -> list[Entry]:
@@ -235,13 +253,14 @@ def _after_id(cursor: tuple[int, int]) -> str:
 class RedisEventLog:
     """A capped Redis Stream per session, expiring with the conversation."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, per_session: int, idle_ttl_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, per_session: int, idle_ttl_s: float, *,
+                 blocking: aioredis.Redis | None = None, max_sessions: int = 10_000) -> None:
         self.client = client
         self.keys = keys
         self.per_session = per_session
         self.ttl_ms = max(1, int(idle_ttl_s * 1000))
         self._append_answer = client.register_script(_APPEND_ANSWER)
-        self.reader = StreamReader(client, keys)
+        self.reader = StreamReader(client, keys, blocking=blocking, max_watched=max_sessions)
 
     def _key(self, session_id: str) -> str:
         return self.keys.web_events(session_ref(session_id).key)
@@ -338,16 +357,24 @@ class StreamReader:
     session, on the shared pool. The reading task holds one connection of the shared pool for as long as
     anything is watched. Each watch keeps the entries it read last (``keep``) for readers that were busy
     writing to their browser; a reader further behind (a reconnect with an older ``Last-Event-ID``) reads
-    its gap with one ``XRANGE``. Streams nobody reads for ``linger_s`` are dropped from the list.
+    its gap with one ``XRANGE``. Streams nobody reads for ``linger_s`` are dropped from the list, and past
+    ``max_watched`` the longest idle ones at once.
+
+    The ``XREAD`` runs on ``blocking`` (a client with a small pool of its own, ``Services.redis_blocking``)
+    when given, else on one connection of the shared pool.
     """
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, keep: int = 64, linger_s: float = 30.0) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, keep: int = 64, linger_s: float = 30.0,
+                 blocking: aioredis.Redis | None = None, max_watched: int = 10_000) -> None:
         self.client = client
+        self.blocking = blocking or client
         self.keep = keep
         self.linger_s = linger_s
-        # Blocking reads go in slices under the client's socket timeout (5 s by default in redis-py 8):
-        # a longer block would fail as a read timeout instead of coming back empty.
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout", _REDIS_SOCKET_TIMEOUT_S)
+        self.max_watched = max_watched
+        # Blocking reads go in slices under the reading client's socket timeout: a longer block would fail
+        # as a read timeout instead of coming back empty.
+        kwargs = self.blocking.connection_pool.connection_kwargs
+        socket_timeout = kwargs.get("socket_timeout", _REDIS_SOCKET_TIMEOUT_S)
         self.block_s = min(_MAX_BLOCK_S, socket_timeout / 2) if socket_timeout else _MAX_BLOCK_S
         self.wakeup_key = keys.web_wakeup(uuid.uuid4().hex[:12])
         self._wakeup_cursor = "0-0"
@@ -371,6 +398,7 @@ class StreamReader:
         watch = self._watches.get(key)
         fresh = watch is None
         if watch is None:
+            self._drop_idle(room_for=1)
             watch = self._watches[key] = _Watch(after)
         watch.readers += 1
         try:
@@ -445,17 +473,27 @@ class StreamReader:
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BLOCK_S, backoff * 2)
 
-    def _drop_idle(self) -> None:
+    def _drop_idle(self, room_for: int = 0) -> None:
+        """Unwatch streams nobody has read for ``linger_s``; and while more than ``max_watched - room_for``
+        are watched, the longest idle of those nobody reads now."""
         now = time.monotonic()
+        idle = []
         for key, watch in list(self._watches.items()):
-            if not watch.readers and not watch.waiters and now - watch.idle_since > self.linger_s:
+            if not watch.readers and not watch.waiters:
+                if now - watch.idle_since > self.linger_s:
+                    del self._watches[key]
+                else:
+                    idle.append((watch.idle_since, key))
+        excess = len(self._watches) - max(0, self.max_watched - room_for)
+        if excess > 0:
+            for _, key in sorted(idle)[:excess]:
                 del self._watches[key]
 
     async def _read_once(self) -> None:
         self._wake_pending = False  # a reader adding a stream from now on wakes the read that follows
         watched = dict(self._watches)
         if self._conn is None:
-            self._conn = aioredis.Redis(connection_pool=self.client.connection_pool, single_connection_client=True)
+            self._conn = aioredis.Redis(connection_pool=self.blocking.connection_pool, single_connection_client=True)
         streams = {self.wakeup_key: self._wakeup_cursor, **{key: w.cursor for key, w in watched.items()}}
         result = await self._conn.xread(streams, count=_READ_COUNT, block=max(1, int(self.block_s * 1000)))
         for key, raw in _streams(result):

@@ -38,11 +38,13 @@ from redis.exceptions import RedisError
 from adapters.web.events import Entry, EventLog, parse_event_id, session_ref
 from adapters.web.feedback import RATINGS, FeedbackRecord, FeedbackStore
 from adapters.web.origins import OriginPolicy
-from adapters.web.ratelimit import RateLimiter
+from adapters.web.ratelimit import RateLimiter, client_address
 from adapters.web.sender import answer_id
 from adapters.web.sender import client_id as _client_id
 from adapters.web.session import SessionTokens, TokenError, WebSession, new_session_id
-from bot.http import HttpError, bearer_token, json_response, read_json_object
+from adapters.web.streams import StreamSlots
+from bot.decode import DecodeError, JsonObject
+from bot.http import HttpError, bearer_token, header_one, json_response, query_one, read_fields
 from bot.hub import Overloaded
 from bot.services import Services
 from bot.state import DialogueState
@@ -56,6 +58,9 @@ API_PATHS = ("/api/web/session", "/api/web/messages", "/api/web/stream", "/api/w
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _ANSWER_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 _MAX_CONTEXT = 500
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # ASCII only: re's \d also takes "١٢٣"
+_U64 = 2**64 - 1  # each half of a Redis stream id
+MAX_TOKEN_CHARS = 512  # a session token is ~100 characters
 _FUTURE_SLACK_MS = 60_000  # a Last-Event-ID further in the future than this is no id the log gave out
 _UNAVAILABLE = (RedisError, OSError)  # Redis down or unreachable (redis-py raises its own errors, some OSError)
 _DEMO_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -77,7 +82,9 @@ class WebInbound:
         self.origins = OriginPolicy(self.cfg.allowed_origins, self.config.server.public_url)
         self.events = events  # shared with the sender (adapters/web/__init__.py: open_stores)
         self.feedback = feedback
-        self._open_streams: dict[str, int] = {}  # session id -> SSE connections held by this process
+        # SSE connections this process holds, per session, per address and in all (adapters/web/streams.py)
+        self._open_streams = StreamSlots(per_session=self.cfg.max_streams_per_session,
+                                         per_address=self.cfg.max_streams_per_ip, total=self.cfg.max_streams)
         self._closing = asyncio.Event()
 
     # ------------------------------------------------------------------ wiring
@@ -110,9 +117,9 @@ class WebInbound:
         (without them a cross-origin widget could not even read a 401 or a 429)."""
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            origin = request.headers.get("Origin")
+            origin = _origin(request)
             if not self.origins.allows(origin, request.host):
-                raise _origin_refused(origin)
+                raise _origin_refused()
             cors = self.origins.cors_headers(origin)
             try:
                 try:
@@ -122,6 +129,8 @@ class WebInbound:
                     log.warning("web %s %s: the shared store is unavailable (%s: %s)", request.method,
                                 request.path, type(exc).__name__, exc)
                     raise _unavailable() from None
+                except DecodeError as exc:  # a 400 the widget must be able to read: with the CORS headers
+                    raise HttpError(400, exc.code, exc.message) from None
             except HttpError as exc:
                 exc.headers.update(cors)
                 raise
@@ -132,18 +141,14 @@ class WebInbound:
         return wrapped
 
     async def preflight(self, request: web.Request) -> web.Response:
-        origin = request.headers.get("Origin")
+        origin = _origin(request)
         if origin is None or not self.origins.allows(origin, request.host):
-            raise _origin_refused(origin)
+            raise _origin_refused()
         return web.Response(status=204, headers=self.origins.preflight_headers(origin))
 
     def _client_ip(self, request: web.Request) -> str:
-        if self.cfg.trust_forwarded_for:
-            forwarded = request.headers.get("X-Forwarded-For", "")
-            hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-            if hops:
-                return hops[-1][:64]  # the address our own proxy saw; earlier hops are the client's say-so
-        return request.remote or "unknown"
+        """The last X-Forwarded-For hop behind a proxy of ours, else the peer (one rule with /chat's)."""
+        return client_address(request, self.cfg.trust_forwarded_for)
 
     def _authorize(self, request: web.Request) -> WebSession:
         try:
@@ -189,10 +194,10 @@ class WebInbound:
     async def session(self, request: web.Request) -> web.Response:
         """Renew the caller's session when its token is still good, else start a new one.
         An id without its token starts a new session: ids alone never open a conversation."""
-        data = await read_json_object(request, self.config.server.max_body_bytes, optional=True)
-        old = data.get("token")
+        data = await read_fields(request, self.config.server.max_body_bytes, optional=True)
+        old = data.opt_text("token", max_chars=MAX_TOKEN_CHARS)  # a number here is a client bug: 400
         session_id = None
-        if isinstance(old, str):
+        if old:
             try:
                 session_id = self.tokens.verify(old).session_id
             except TokenError:
@@ -211,27 +216,14 @@ class WebInbound:
     async def messages(self, request: web.Request) -> web.Response:
         session = self._authorize(request)
         await self.limits.check_session(session.session_id)
-        data = await read_json_object(request, self.config.server.max_body_bytes)
-        text = data.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise HttpError(400, "invalid_text", "'text' must be a non-empty string")
-        if len(text) > self.cfg.max_message_chars:
-            raise HttpError(400, "message_too_long", f"messages are at most {self.cfg.max_message_chars} characters")
-        client_id = data.get("client_id")
-        if client_id is None:
-            client_id = uuid.uuid4().hex
-        elif not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
-            raise HttpError(400, "invalid_client_id", "'client_id' must be 8-64 characters of A-Z a-z 0-9 _ -")
-        context = data.get("context")
-        if context is not None and not isinstance(context, str):
-            raise HttpError(400, "invalid_context", "'context' must be a string")
+        text, client_id, context = self._decode_message(await read_fields(request, self.config.server.max_body_bytes))
         sid = session.session_id
         event = Event(
             id=f"{sid}:{client_id}",  # scoped to the session, so one visitor's ids never collide with another's
             kind=EventKind.MESSAGE,
             ref=self._ref(sid),
             text=text.strip(),
-            context=(context or "")[:_MAX_CONTEXT] or None,
+            context=context,
         )
         keys = self.services.keys
         await self._index(sid, keys.dedup(event.dedup_key), keys.handoff_notice(event.dedup_key),
@@ -253,31 +245,55 @@ class WebInbound:
             raise
         return json_response({"message_id": client_id, "duplicate": not accepted}, status=202)
 
+    def _decode_message(self, data: JsonObject) -> tuple[str, str, str | None]:
+        """``text`` (within ``web.max_message_chars``), ``client_id`` (the widget's id for the message,
+        new when absent) and the page ``context`` (cut to its first characters, as the widget sends it)."""
+        text = data.text("text")
+        if len(text) > self.cfg.max_message_chars:
+            raise DecodeError("message_too_long", f"messages are at most {self.cfg.max_message_chars} characters")
+        raw_id = data.raw("client_id")
+        if raw_id is None:
+            client_id = uuid.uuid4().hex
+        elif not isinstance(raw_id, str) or not _CLIENT_ID.fullmatch(raw_id):
+            raise DecodeError("invalid_client_id", "'client_id' must be 8-64 characters of A-Z a-z 0-9 _ -")
+        else:
+            client_id = raw_id
+        context = data.opt_text("context")
+        return text, client_id, (context or "")[:_MAX_CONTEXT] or None
+
+    def _cursor(self, request: web.Request) -> str | None:
+        """Where a stream resumes: ``Last-Event-ID`` (a reconnecting EventSource), else ``?after=``.
+        Each given once, as a Redis stream id: ASCII digits, both halves within 64 bits."""
+        cursor = header_one(request, "Last-Event-ID", max_chars=64) or query_one(request, "after", required=False,
+                                                                                  max_chars=64)
+        if not cursor:
+            return None
+        m = _STREAM_ID.fullmatch(cursor.strip())
+        if m is None or int(m.group(1)) > _U64 or int(m.group(2)) > _U64:
+            raise DecodeError("invalid_event_id", "Last-Event-ID must look like 1700000000000-0")
+        return cursor.strip()
+
     async def stream_events(self, request: web.Request) -> web.StreamResponse:
         session = self._authorize(request)
         sid = session.session_id
-        cursor = request.headers.get("Last-Event-ID") or request.query.get("after")
+        cursor = self._cursor(request)
         if cursor:
-            try:
-                ms, _ = parse_event_id(cursor)
-            except ValueError:
-                raise HttpError(400, "invalid_event_id", "Last-Event-ID must look like 1700000000000-0") from None
+            ms, _ = parse_event_id(cursor)
             if ms > time.time() * 1000 + _FUTURE_SLACK_MS:  # not an id we gave out: from the end of the log
                 last = await self.events.last_id(sid)
                 cursor = min(cursor, last, key=parse_event_id)
         else:
             cursor = await self.events.last_id(sid)
-        if self._open_streams.get(sid, 0) >= self.cfg.max_streams_per_session:
-            raise HttpError(429, "too_many_streams", "too many open chat windows for this conversation",
-                            {"Retry-After": "10"})
-        origin = request.headers.get("Origin")
+        address = self._client_ip(request)
+        self._open_streams.check(sid, address)  # 429 / 503 with Retry-After before the response starts
+        origin = _origin(request)
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache, no-transform",
             "X-Accel-Buffering": "no",  # nginx: pass events through at once
             **self.origins.cors_headers(origin),
         })
-        self._open_streams[sid] = self._open_streams.get(sid, 0) + 1
+        release_stream = self._open_streams.take(sid, address)
         closing = asyncio.ensure_future(self._closing.wait())
         read: asyncio.Future[list[Entry]] | None = None
         try:
@@ -309,11 +325,7 @@ class WebInbound:
             closing.cancel()
             if read is not None and not read.done():
                 read.cancel()
-            left_open = self._open_streams.get(sid, 1) - 1
-            if left_open > 0:
-                self._open_streams[sid] = left_open
-            else:
-                self._open_streams.pop(sid, None)
+            release_stream()
         return response
 
     async def history(self, request: web.Request) -> web.Response:
@@ -365,13 +377,11 @@ class WebInbound:
         session = self._authorize(request)
         sid = session.session_id
         await self.limits.check_session(sid)
-        data = await read_json_object(request, self.config.server.max_body_bytes)
-        aid = data.get("answer_id")
-        rating = data.get("rating")
+        data = await read_fields(request, self.config.server.max_body_bytes)
+        aid = data.raw("answer_id")
         if not isinstance(aid, str) or not _ANSWER_ID.fullmatch(aid):
-            raise HttpError(400, "invalid_answer_id", "'answer_id' must be the id of an answer in this conversation")
-        if rating not in RATINGS:
-            raise HttpError(400, "invalid_rating", "'rating' must be one of " + ", ".join(RATINGS))
+            raise DecodeError("invalid_answer_id", "'answer_id' must be the id of an answer in this conversation")
+        rating = data.choice("rating", RATINGS)
         ref = self._ref(sid)
         found = await self._find_answer(sid, ref, aid)
         if found is None:
@@ -413,8 +423,14 @@ def _unavailable() -> HttpError:
                      {"Retry-After": "5"})
 
 
-def _origin_refused(origin: str | None) -> HttpError:
-    return HttpError(403, "origin_not_allowed", f"origin {origin} may not use this widget (see web.allowed_origins)")
+def _origin_refused() -> HttpError:
+    """The origin is not named: it is the caller's text (and may not even be UTF-8)."""
+    return HttpError(403, "origin_not_allowed", "this origin may not use this widget (see web.allowed_origins)")
+
+
+def _origin(request: web.Request) -> str | None:
+    """The one ``Origin`` header; given twice or not UTF-8 is a 400 (without CORS headers: no browser sent it)."""
+    return header_one(request, "Origin", max_chars=2048)
 
 
 def _history_messages(

@@ -1,18 +1,47 @@
-"""Per-session and per-IP request limits for the widget endpoints.
+"""Per-client request limits for the public endpoints (the widget's and ``/chat``).
 
 Counters live in ``services.kv`` (Redis when the state is in Redis), so every
 gateway process shares one budget per visitor. Over the limit the request gets
 429 with ``Retry-After``; nothing has been accepted, so the widget can keep the
 text and let the visitor send it again.
+
+The client's address follows one rule for every channel (:func:`client_address`):
+the connection's peer, or, only when the operator says a proxy of ours stands in
+front (``web.trust_forwarded_for``), the last ``X-Forwarded-For`` hop, the one
+that proxy saw; earlier hops are the client's own say-so.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+from aiohttp import web
+
+from bot.decode import DecodeError, has_surrogates
 from bot.http import HttpError
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
 
 WINDOW_S = 60
+_MAX_ADDRESS = 64
+
+
+def client_address(request: web.Request, trust_forwarded_for: bool) -> str:
+    """Who is asking, for per-address limits. A forwarded header that is not UTF-8 is a 400."""
+    if trust_forwarded_for:
+        # Several headers are one comma-separated list (RFC 9110); bytes that are not UTF-8 are no address.
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+        if has_surrogates(forwarded):
+            raise DecodeError("invalid_x_forwarded_for", "'X-Forwarded-For' is not valid UTF-8")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        if hops:
+            return hops[-1][:_MAX_ADDRESS]
+    return request.remote or "unknown"
+
+
+def key_client(api_key: str) -> str:
+    """A counter name for an API key that does not contain the key (Redis keys show up in tools and logs)."""
+    return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:24]
 
 
 class RateLimiter:
@@ -23,13 +52,14 @@ class RateLimiter:
         self.per_ip = per_ip_per_min
 
     async def check_ip(self, ip: str) -> None:
-        await self._check(self.keys.rate(f"web:ip:{ip}"), self.per_ip, "address")
+        await self.check(f"web:ip:{ip}", self.per_ip, "address")
 
     async def check_session(self, session_id: str) -> None:
-        await self._check(self.keys.rate(f"web:session:{session_id}"), self.per_session, "conversation")
+        await self.check(f"web:session:{session_id}", self.per_session, "conversation")
 
-    async def _check(self, key: str, limit: int, scope: str) -> None:
-        count = await self.kv.hit(key, WINDOW_S)
+    async def check(self, name: str, limit: int, scope: str) -> None:
+        """Count one request of ``name`` (``keys.rate(name)``) in this minute; 429 past ``limit``."""
+        count = await self.kv.hit(self.keys.rate(name), WINDOW_S)
         if count > limit:
             raise HttpError(
                 429,

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 _VERSION = "v1"
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
+_EXPIRY = re.compile(r"[0-9]{1,12}")  # unix seconds; 12 digits reach the year 33658
+_MAX_SIGNATURE_CHARS = 64  # base64 of a SHA-256 digest is 43
 _MIN_SECRET_BYTES = 16
 
 
@@ -77,8 +79,10 @@ class SessionTokens:
         """The session the token was issued for; raises :class:`TokenError` otherwise."""
         if not token:
             raise TokenError("missing_token", "a widget session token is required (POST /api/web/session)")
-        parts = token.split(".")
-        if len(parts) != 4 or parts[0] != _VERSION or not _SESSION_ID.fullmatch(parts[1]) or not parts[2].isdigit():
+        parts = token.split(".", 4)
+        # ASCII digits, at most 12 (str.isdigit() takes "²", which int() refuses); checked before any work
+        if len(parts) != 4 or parts[0] != _VERSION or not _SESSION_ID.fullmatch(parts[1]) \
+                or not _EXPIRY.fullmatch(parts[2]) or len(parts[3]) > _MAX_SIGNATURE_CHARS:
             raise TokenError("invalid_token", "the session token is malformed")
         payload = ".".join(parts[:3])
         if not hmac.compare_digest(self._sign(payload).encode(), parts[3].encode("utf-8", "replace")):

@@ -33,6 +33,7 @@ from adapters.wecom.parse import aibot_event, aibot_stream_id
 from bot import messages
 from bot.http import HttpError
 from bot.hub import Hub, Overloaded
+from bot.outbound import OutboundPolicy, OutboundRefused
 from bot.replybus import ReplyBus, ReplyWaiters, send_replies
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STREAM_LIMIT_BYTES = 20480  # WeCom's limit on a stream's content
 _RESPONSE_URL_TTL_S = 3500  # WeCom keeps a response_url usable for an hour
+RESPONSE_URLS = OutboundPolicy.of(["qyapi.weixin.qq.com"])  # WeCom's own host, https on 443
 BUS_TOPIC = "wecom.aibot.greeting"  # event greetings, worker -> the gateway whose callback waits
 
 
@@ -97,12 +99,13 @@ class AibotCallbacks:
         if (sid := aibot_stream_id(msg)) is not None:
             state = await self.buffers.read(sid)
             if state is None:  # expired or never ours: close it politely rather than let WeCom poll on
-                log.info("WeCom AI bot refreshed unknown stream %s", sid)
+                log.info("WeCom AI bot refreshed an unknown stream %.40r", sid)
                 return _stream(sid, messages.text("apology", "zh"), True)
             return _stream(sid, *state)
         event = aibot_event(msg)
         if event is None:
-            log.info("WeCom AI bot event %s ignored", msg.get("event", {}).get("eventtype"))
+            event_type = msg["event"].get("eventtype") if isinstance(msg.get("event"), dict) else None
+            log.info("WeCom AI bot event %.40r ignored", event_type)
             return None
         if url := event.channel_data.get("response_url"):
             await self.kv.set(self.keys.wecom_response_url(event.ref.key), url, _RESPONSE_URL_TTL_S)
@@ -151,12 +154,14 @@ class AibotCallbacks:
 class AibotSender:
     """AI-bot answers from whichever process ran the turn: everything it needs is in the KV or on the bus."""
 
-    def __init__(self, kv: SharedKV, keys: Keys, policy: CallPolicy, *, stream_ttl_s: float, bus: ReplyBus) -> None:
+    def __init__(self, kv: SharedKV, keys: Keys, policy: CallPolicy, *, stream_ttl_s: float, bus: ReplyBus,
+                 response_urls: OutboundPolicy = RESPONSE_URLS) -> None:
         self.kv = kv
         self.keys = keys
         self.policy = policy
         self.buffers = StreamBuffers(kv, keys, stream_ttl_s)
         self.bus = bus
+        self.response_urls = response_urls  # where a response_url (it comes inside the callback) may point
 
     async def stream(self, chunk: ReplyChunk) -> None:
         await self.buffers.write(stream_id(chunk.to, chunk.in_reply_to), chunk.text_so_far)
@@ -169,17 +174,26 @@ class AibotSender:
 
     async def send_proactive(self, reply: Reply) -> None:
         """A reply outside a callback (an agent's answer) through the conversation's
-        latest one-shot response_url."""
+        latest one-shot response_url: only to a host :attr:`response_urls` allows, never
+        redirected, and not repeated when the answer is unreadable (it may have arrived).
+        The AI bot has no other route, so a refused URL is a failed send."""
         key = self.keys.wecom_response_url(reply.to.key)
-        url = await self.kv.get(key)
-        if not url:
+        raw = await self.kv.get(key)
+        if not raw:
             raise WecomApiError(-1, f"no usable response_url for {reply.to.key}", "aibot/response")
         await self.kv.delete(key)
+        try:
+            url = self.response_urls.check(raw)
+        except OutboundRefused as exc:
+            log.warning("WeCom AI bot response_url of %s refused: host %r, %s", reply.to.key, exc.host, exc.why)
+            raise WecomApiError(-1, f"response_url refused ({exc.why})", "aibot/response") from None
         content = split_utf8(as_markdown(reply), STREAM_LIMIT_BYTES)[0]
         data = await self.policy.call("POST", url, "aibot/response", params={},
                                       json={"msgtype": "markdown", "markdown": {"content": content}}, once=True)
-        if int(data.get("errcode") or 0) != 0:
-            raise WecomApiError(int(data["errcode"]), str(data.get("errmsg", "")), "aibot/response")
+        code = data.get("errcode") or 0
+        if code not in (0, "0"):
+            raise WecomApiError(code if isinstance(code, int) else -1, str(data.get("errmsg", ""))[:200],
+                                "aibot/response")
 
     async def erase(self, ref: ConversationRef) -> int:
         """Forget the conversation's response_url (in Redis mode the admin API has already deleted it)."""

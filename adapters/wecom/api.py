@@ -4,7 +4,9 @@ wechatpy's client blocks on ``requests``, so the few calls we need are made
 here. The access token lives in the shared KV (Redis in production) so every
 process uses the same one, and one process at a time refreshes it, since each
 refresh invalidates the token others hold (:class:`bot.state.shared.SharedToken`).
-Secrets and tokens travel in query strings, so URLs are never logged.
+Secrets and tokens travel in query strings, so URLs are never logged, and no
+error raised here keeps an aiohttp exception (whose ``str()`` is the full URL)
+as its cause: messages name the API and the error's type only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
@@ -49,7 +52,7 @@ class CallPolicy:
         self.backoff_s = backoff_s
         self.sleep = sleep
 
-    async def call(self, method: str, url: str, api: str, *, params: dict[str, str],
+    async def call(self, method: str, url: str | URL, api: str, *, params: dict[str, str],
                    json: dict[str, Any] | None = None, once: bool = False) -> dict[str, Any]:
         """The decoded JSON answer; WeCom-level errors other than rate limits are
         returned for the caller to judge. ``once``: the call delivers something
@@ -59,9 +62,12 @@ class CallPolicy:
         attempt = 0
         while True:
             try:
-                async with self.http().request(method, url, params=params, json=json) as resp:
+                # never redirected: a 3xx would carry the call (and its token) to a host nobody checked
+                async with self.http().request(method, url, params=params, json=json, allow_redirects=False) as resp:
                     if resp.status >= 500:
                         raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+                    if 300 <= resp.status < 400:
+                        raise WecomApiError(-1, f"answered HTTP {resp.status}; redirects are not followed", api)
                     data = await resp.json(content_type=None)
                 if not isinstance(data, dict):
                     raise WecomApiError(-1, "answer is not a JSON object", api)
@@ -73,7 +79,9 @@ class CallPolicy:
                 reason = f"{type(exc).__name__}"
                 code = -1
                 if once and not isinstance(exc, aiohttp.ClientConnectorError):
-                    raise WecomApiError(code, f"{reason}; not retried, it may have been delivered", api) from exc
+                    # from None: aiohttp's errors carry the request URL, and with it the access token, into
+                    # any traceback logged for this one
+                    raise WecomApiError(code, f"{reason}; not retried, it may have been delivered", api) from None
             if attempt >= self.retries:
                 raise WecomApiError(code, f"gave up after {attempt + 1} attempts: {reason}", api)
             delay = self.backoff_s * 2**attempt

@@ -5,7 +5,10 @@ wechatpy reports problems with its own exception types, a plain ``ValueError``
 garbage; callers here see only :class:`BadSignature` (403), :class:`WrongReceiver`
 (403) and :class:`MalformedPayload` (400). The signature is compared in constant
 time before wechatpy looks at it, and the timestamp can be bounded against
-replays (wechatpy has no such check).
+replays (wechatpy has no such check). Values that are not valid Unicode (query
+bytes that were not UTF-8) fail the signature rather than the encoder, and a
+timestamp is ASCII digits in a sane range (``int("²")`` raises, ``int("9"*5000)``
+is slow), so every hostile query gets a 4xx.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from binascii import Error as Base64Error
 from wechatpy.enterprise.crypto import PrpCrypto, WeChatCrypto
 from wechatpy.enterprise.exceptions import InvalidCorpIdException
 from wechatpy.exceptions import InvalidSignatureException
+
+from bot.decode import DecodeError, has_surrogates, parse_int
+
+MAX_TIMESTAMP_S = 10**11  # seconds; year 5138
 
 
 class CallbackError(Exception):
@@ -72,14 +79,16 @@ class WecomCrypto:
     def _check(self, msg_signature: str, timestamp: str, nonce: str, encrypt: str) -> None:
         if not (msg_signature and timestamp and nonce and encrypt):
             raise BadSignature("msg_signature, timestamp, nonce and the encrypted text are all required")
+        if has_surrogates(msg_signature + timestamp + nonce + encrypt):
+            raise BadSignature("signature does not match")  # bytes that were not UTF-8 cannot be what WeCom signed
         expected = signature(self.token, timestamp, nonce, encrypt)
         if not hmac.compare_digest(expected.encode(), msg_signature.lower().encode("utf-8", "replace")):
             raise BadSignature("signature does not match")
         if self.replay_window_s:
             try:
-                sent = int(timestamp)
-            except ValueError:
-                raise MalformedPayload("timestamp is not an integer") from None
+                sent = parse_int(timestamp, "timestamp", lo=0, hi=MAX_TIMESTAMP_S)
+            except DecodeError:
+                raise MalformedPayload("timestamp is not a decimal integer in range") from None
             if abs(time.time() - sent) > self.replay_window_s:
                 raise StaleTimestamp(f"timestamp is more than {self.replay_window_s}s off")
 

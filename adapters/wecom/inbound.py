@@ -4,6 +4,12 @@ Callbacks only verify, decrypt, normalize and ``hub.accept``, then answer at
 once (WeCom retries after 5 s); answers leave later from whichever process
 runs the turn, through :class:`adapters.wecom.sender.WecomSender`. WeCom's
 redeliveries stop at ``hub.accept``'s dedup on the message id.
+
+Before the signature is checked a request gets only bounded work: the body is
+capped, the query parameters are single UTF-8 values (:func:`bot.http.query_one`),
+the ``Encrypt`` value is found by a linear scan, never an XML parse. Only a
+signed message is decrypted and parsed. Every refusal is a 4xx JSON answer and
+a log line that names the problem, never the payload.
 """
 
 from __future__ import annotations
@@ -18,8 +24,16 @@ from aiohttp import web
 from adapters.wecom.aibot import AibotCallbacks
 from adapters.wecom.apps import MAIN_APP, configured_apps, where
 from adapters.wecom.crypto import CallbackError, WecomCrypto
-from adapters.wecom.parse import CHANNEL, MalformedMessage, app_event, envelope_encrypt, parse_json
-from bot.http import HttpError, read_body
+from adapters.wecom.parse import (
+    CHANNEL,
+    MalformedMessage,
+    aibot_envelope_encrypt,
+    app_event,
+    envelope_encrypt,
+    parse_json,
+)
+from bot.decode import DecodeError
+from bot.http import HttpError, query_one, read_body
 from bot.hub import Overloaded
 from bot.services import Services
 from bot.types import Event, EventKind
@@ -80,24 +94,22 @@ class WecomInbound:
     async def app_verify(self, request: web.Request) -> web.Response:
         """URL verification when the callback is saved in the WeCom admin console."""
         app = self._app(request)
-        q = request.query
-        echostr = q.get("echostr", "").replace(" ", "+")  # a '+' that arrived unencoded
         with _refusals():
-            plain = app.crypto.verify_url(q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", ""),
-                                          echostr)
+            signature, timestamp, nonce = _signed_query(request)
+            echostr = _query(request, "echostr", _MAX_ECHOSTR).replace(" ", "+")  # a '+' that arrived unencoded
+            plain = app.crypto.verify_url(signature, timestamp, nonce, echostr)
         return web.Response(text=plain)
 
     async def app_callback(self, request: web.Request) -> web.Response:
         app = self._app(request)
         body = await read_body(request, self.cfg.max_body_bytes)
-        q = request.query
         with _refusals():
-            encrypt = envelope_encrypt(body)
-            xml = app.crypto.decrypt(q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", ""), encrypt)
+            signature, timestamp, nonce = _signed_query(request)
+            encrypt = envelope_encrypt(body)  # a scan, not a parse: nothing is parsed before the signature
+            xml = app.crypto.decrypt(signature, timestamp, nonce, encrypt)
             event = app_event(xml, app.name)
         if event is None:
             log.info("WeCom app %r: an event that needs no answer, ignored", app.name)
-            log.debug("ignored WeCom event: %s", xml[:500])
         else:
             if event.kind is EventKind.MESSAGE and not (event.text or event.attachments):
                 log.info("WeCom app %r: unsupported message type %r", app.name, event.channel_data.get("msg_type"))
@@ -113,29 +125,40 @@ class WecomInbound:
     # ------------------------------------------------------------------ AI bot callbacks
     async def aibot_verify(self, request: web.Request) -> web.Response:
         assert self.aibot is not None
-        q = request.query
         with _refusals():
-            plain = self.aibot.crypto.verify_url(q.get("msg_signature", ""), q.get("timestamp", ""),
-                                                 q.get("nonce", ""), q.get("echostr", "").replace(" ", "+"))
+            signature, timestamp, nonce = _signed_query(request)
+            echostr = _query(request, "echostr", _MAX_ECHOSTR).replace(" ", "+")
+            plain = self.aibot.crypto.verify_url(signature, timestamp, nonce, echostr)
         return web.Response(text=plain)
 
     async def aibot_callback(self, request: web.Request) -> web.Response:
         assert self.aibot is not None
         body = await read_body(request, self.cfg.max_body_bytes)
-        q = request.query
         with _refusals():
-            encrypt = parse_json(body).get("encrypt")
-            if not isinstance(encrypt, str):
-                raise MalformedMessage("'encrypt' must be a string")
-            plain = self.aibot.crypto.decrypt(q.get("msg_signature", ""), q.get("timestamp", ""),
-                                              q.get("nonce", ""), encrypt)
-            reply = await self.aibot.handle(parse_json(plain))
+            signature, timestamp, nonce = _signed_query(request)
+            encrypt = aibot_envelope_encrypt(body)  # unsigned: shared JSON limits, surrogates refused
+            plain = self.aibot.crypto.decrypt(signature, timestamp, nonce, encrypt)
+            reply = await self.aibot.handle(parse_json(plain, signed=True))  # signed: surrogates replaced
         return self.aibot.encrypted(reply)
+
+
+_MAX_QUERY = 128  # msg_signature is 40 hex characters, timestamp and nonce are short
+_MAX_ECHOSTR = 4096
+
+
+def _query(request: web.Request, name: str, max_chars: int = _MAX_QUERY) -> str:
+    """One query parameter; missing, repeated, too long or not UTF-8 is a 400."""
+    return query_one(request, name, max_chars=max_chars) or ""
+
+
+def _signed_query(request: web.Request) -> tuple[str, str, str]:
+    return _query(request, "msg_signature"), _query(request, "timestamp"), _query(request, "nonce")
 
 
 @contextmanager
 def _refusals() -> Iterator[None]:
-    """Callback problems to HTTP answers: bad signature / receiver 403, garbage 400."""
+    """Callback problems to HTTP answers: bad signature / receiver 403, garbage 400.
+    The log line is the reason only: payloads and query values never reach it."""
     try:
         yield
     except CallbackError as exc:
@@ -144,3 +167,6 @@ def _refusals() -> Iterator[None]:
     except MalformedMessage as exc:
         log.warning("WeCom callback refused (400): %s", exc)
         raise HttpError(400, "malformed", str(exc)) from None
+    except DecodeError as exc:
+        log.warning("WeCom callback refused (400): %s", exc.message)
+        raise HttpError(400, exc.code, exc.message) from None

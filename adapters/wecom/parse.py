@@ -1,21 +1,29 @@
 """Pure parsing: WeCom callback payloads to :class:`bot.types.Event`.
 
-XML goes through xmltodict with entities disabled (entity bombs and XXE raise
-``ValueError``); every problem becomes :class:`MalformedMessage`. Nothing here
-does I/O, so it is tested on fixtures alone.
+Two kinds of input arrive, and they get different treatment:
+
+* the *envelope* (the POST body) is unauthenticated, so nothing here parses it:
+  :func:`envelope_encrypt` finds the one ``<Encrypt>`` element with a bounded,
+  linear byte scan, and the signature over that value is checked before any
+  XML parser runs;
+* the *decrypted* message passed the signature, so it is WeCom's: it is parsed
+  with expat directly (no DTD, no entity declarations, at most
+  ``MAX_XML_DEPTH`` levels) and JSON goes through :mod:`bot.decode` with lone
+  surrogates replaced rather than refused, so odd text never loses a message.
+
+Every problem becomes :class:`MalformedMessage`, whose message names the field
+and never its value. Nothing here does I/O, so it is tested on fixtures alone.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Mapping
 from typing import Any
-from xml.parsers.expat import ExpatError
+from xml.parsers import expat
 
-import xmltodict
-
+from bot.decode import DecodeError, loads_object
 from bot.types import Attachment, ConversationRef, Event, EventKind
 
 CHANNEL = "wecom"
@@ -25,39 +33,123 @@ AIBOT_TENANT = "aibot"  # ConversationRef.tenant of AI-bot conversations; apps u
 ANSWERED_APP_EVENTS = frozenset({"enter_agent"})
 ANSWERED_AIBOT_EVENTS = frozenset({"enter_chat"})
 
+MAX_XML_DEPTH = 8  # WeCom nests at most four levels (SendPicsInfo/PicList/item/PicMd5Sum)
+MAX_ID_CHARS = 512  # ids end up in Redis keys and dedup entries
+MAX_STREAM_ID_CHARS = 128  # ours are 32 hex characters; a refresh of anything longer is not ours
+MAX_FIELD_CHARS = 4096  # URLs, media ids, labels; message text is bounded by the body limit only
+
 _MENTION = re.compile(r"^(?:@\S+\s+)+")
+# <Encrypt> holding base64, bare or in CDATA; the classes exclude '<' and ']', so the scan is linear
+_ENCRYPT = re.compile(rb"<Encrypt>\s*(?:<!\[CDATA\[([A-Za-z0-9+/=]+)\]\]>|([A-Za-z0-9+/=]+))\s*</Encrypt>")
+_XML_START = re.compile(rb"\A\s*(?:<\?xml[^>]{0,200}\?>\s*)?<xml>")
+_DECLARATIONS = (b"<!DOCTYPE", b"<!ENTITY")
 
 
 class MalformedMessage(ValueError):
     """A payload that is not what WeCom sends."""
 
 
+def envelope_encrypt(body: bytes) -> str:
+    """The ``Encrypt`` field of an app callback envelope, found without parsing XML.
+
+    The body is not authenticated yet, so it gets only linear work: an
+    ``<xml>`` start, no DTD or entity declaration anywhere, exactly one
+    ``<Encrypt>`` element holding base64. Whatever else the envelope holds
+    (``ToUserName``, ``AgentID``) is repeated inside the signed message."""
+    if not _XML_START.match(body):
+        raise MalformedMessage("expected an <xml> envelope")
+    if any(marker in body for marker in _DECLARATIONS):
+        raise MalformedMessage("DTD and entity declarations are not accepted")
+    if body.count(b"<Encrypt") != 1:
+        raise MalformedMessage("expected exactly one <Encrypt> element")
+    found = _ENCRYPT.search(body)
+    if found is None:
+        raise MalformedMessage("<Encrypt> must hold base64 text")
+    return (found.group(1) or found.group(2)).decode("ascii")
+
+
 def parse_xml(text: str | bytes) -> dict[str, Any]:
-    """The children of the ``<xml>`` root, refusing DTDs, entities and garbage."""
+    """The children of the ``<xml>`` root of a decrypted (signed) message.
+
+    expat without a DTD: a ``<!DOCTYPE`` or ``<!ENTITY`` is refused before and
+    during the parse (so neither entity expansion nor external entities can
+    happen), nesting is capped, attributes are ignored. Elements holding only
+    text become strings, elements with children become dicts, repeated
+    names become lists (the shape xmltodict gives)."""
+    data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    if any(marker in data for marker in _DECLARATIONS):
+        raise MalformedMessage("DTD and entity declarations are not accepted")
+    builder = _TreeBuilder()
+    parser = expat.ParserCreate("utf-8")
+    parser.buffer_text = True
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.StartDoctypeDeclHandler = _refuse_declaration
+    parser.EntityDeclHandler = _refuse_declaration
+    parser.ExternalEntityRefHandler = _refuse_declaration
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     try:
-        doc = xmltodict.parse(text, disable_entities=True)
-    except (ExpatError, ValueError) as exc:
-        raise MalformedMessage(f"not acceptable XML: {exc}") from None
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if not isinstance(root, dict):
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        raise MalformedMessage(f"not well-formed XML ({expat.ErrorString(exc.code)})") from None
+    root = builder.root
+    if builder.root_name != "xml" or not isinstance(root, dict):
         raise MalformedMessage("expected an <xml> root with child elements")
     return root
 
 
-def envelope_encrypt(body: bytes) -> str:
-    """The ``Encrypt`` field of an app callback envelope."""
-    return _text(parse_xml(body), "Encrypt", required=True)
+def _refuse_declaration(*_args: object) -> int:
+    raise MalformedMessage("DTD and entity declarations are not accepted")
+
+
+class _TreeBuilder:
+    """expat callbacks building nested dicts, iteratively and at most ``MAX_XML_DEPTH`` deep."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[str, dict[str, Any], list[str]]] = []
+        self.root: Any = None
+        self.root_name = ""
+
+    def start(self, name: str, _attrs: dict[str, str]) -> None:
+        if len(self.stack) >= MAX_XML_DEPTH:
+            raise MalformedMessage(f"XML nested deeper than {MAX_XML_DEPTH} levels")
+        self.stack.append((name, {}, []))
+
+    def data(self, text: str) -> None:
+        if self.stack:
+            self.stack[-1][2].append(text)
+
+    def end(self, _name: str) -> None:
+        name, children, texts = self.stack.pop()
+        value: Any = children if children else "".join(texts)
+        if not self.stack:
+            self.root, self.root_name = value, name
+            return
+        siblings = self.stack[-1][1]
+        if name not in siblings:
+            siblings[name] = value
+        elif isinstance(siblings[name], list):
+            siblings[name].append(value)
+        else:
+            siblings[name] = [siblings[name], value]
 
 
 def _text(node: Mapping[str, Any], name: str, *, required: bool = False) -> str:
     value = node.get(name)
-    if value is None:
+    if value is None or value == "":
         if required:
             raise MalformedMessage(f"<{name}> is missing")
         return ""
     if not isinstance(value, str):
         raise MalformedMessage(f"<{name}> must be a single text element")
-    return value.strip() if name != "Content" else value
+    if name == "Content":
+        return value
+    value = value.strip()
+    limit = MAX_ID_CHARS if name in ("FromUserName", "MsgId", "CreateTime", "MsgType", "Event") else MAX_FIELD_CHARS
+    if len(value) > limit:
+        raise MalformedMessage(f"<{name}> is longer than {limit} characters")
+    return value
 
 
 def app_event(xml: str, tenant: str, *, received_at: float | None = None) -> Event | None:
@@ -97,34 +189,52 @@ def app_event(xml: str, tenant: str, *, received_at: float | None = None) -> Eve
                  channel_data=data)
 
 
-def parse_json(text: str | bytes) -> dict[str, Any]:
+def parse_json(text: str | bytes, *, signed: bool) -> dict[str, Any]:
+    """A JSON object under the shared limits (:mod:`bot.decode`).
+
+    ``signed``: the text passed the signature, so it is WeCom's and lone
+    surrogates become U+FFFD; an unsigned envelope holding them is refused."""
     try:
-        data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedMessage("expected a JSON object")
-    return data
+        return dict(loads_object(text, surrogates="replace" if signed else "reject").data)
+    except DecodeError as exc:
+        raise MalformedMessage(exc.message) from None
 
 
-def _str(node: Mapping[str, Any], *path: str, required: bool = False) -> str:
+def aibot_envelope_encrypt(body: bytes) -> str:
+    """The ``encrypt`` field of an AI-bot callback body (unsigned: surrogates refused)."""
+    encrypt = parse_json(body, signed=False).get("encrypt")
+    if not isinstance(encrypt, str) or not encrypt:
+        raise MalformedMessage("'encrypt' must be a non-empty string")
+    return encrypt
+
+
+def _str(node: Mapping[str, Any], *path: str, required: bool = False, limit: int | None = MAX_ID_CHARS) -> str:
+    """A string field of a signed AI-bot message. Numbers are taken as their digits
+    (a signed message is not refused for a type WeCom might change), booleans,
+    floats and containers are not; ``limit`` caps the characters."""
     value: Any = node
     for part in path:
         value = value.get(part) if isinstance(value, Mapping) else None
+    name = ".".join(path)
     if value is None or value == "":
         if required:
-            raise MalformedMessage(f"'{'.'.join(path)}' is missing")
+            raise MalformedMessage(f"'{name}' is missing")
         return ""
-    if not isinstance(value, str | int):
-        raise MalformedMessage(f"'{'.'.join(path)}' must be a string")
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MalformedMessage(f"'{name}' must be a string")
+    if isinstance(value, int) and not -(10**18) < value < 10**19:
+        raise MalformedMessage(f"'{name}' is out of range")
+    text = str(value)
+    if limit is not None and len(text) > limit:
+        raise MalformedMessage(f"'{name}' is longer than {limit} characters")
+    return text
 
 
 def aibot_stream_id(msg: Mapping[str, Any]) -> str | None:
     """The stream id of a refresh callback (``msgtype: stream``), else None."""
     if _str(msg, "msgtype").lower() != "stream":
         return None
-    return _str(msg, "stream", "id", required=True)
+    return _str(msg, "stream", "id", required=True, limit=MAX_STREAM_ID_CHARS)
 
 
 def aibot_event(msg: Mapping[str, Any], *, received_at: float | None = None) -> Event | None:
@@ -137,7 +247,7 @@ def aibot_event(msg: Mapping[str, Any], *, received_at: float | None = None) -> 
     ref = ConversationRef(channel=CHANNEL, conversation_id=chat or user, user_id=user, tenant=AIBOT_TENANT,
                           is_group=bool(chat))
     data = {"api": "aibot", "msg_type": msg_type, "aibot_id": _str(msg, "aibotid"),
-            "response_url": _str(msg, "response_url")}
+            "response_url": _str(msg, "response_url", limit=MAX_FIELD_CHARS)}
     now = time.time() if received_at is None else received_at
     msg_id = _str(msg, "msgid", required=True)
     if msg_type == "event":
@@ -149,17 +259,18 @@ def aibot_event(msg: Mapping[str, Any], *, received_at: float | None = None) -> 
                      channel_data={**data, "event": name})
     texts: list[str] = []
     attachments: list[Attachment] = []
-    items = msg.get("mixed", {}).get("msg_item") if msg_type == "mixed" and isinstance(msg.get("mixed"), dict) else None
+    mixed = msg.get("mixed")
+    items = mixed.get("msg_item") if msg_type == "mixed" and isinstance(mixed, Mapping) else None
     for item in items if isinstance(items, list) else [msg]:
         if not isinstance(item, Mapping):
             raise MalformedMessage("'mixed.msg_item' entries must be objects")
         kind = _str(item, "msgtype").lower()
         if kind == "text":
-            texts.append(_str(item, "text", "content"))
+            texts.append(_str(item, "text", "content", limit=None))
         elif kind == "voice":
-            texts.append(_str(item, "voice", "content"))  # WeCom sends the AI bot a transcript
+            texts.append(_str(item, "voice", "content", limit=None))  # WeCom sends the AI bot a transcript
         elif kind in ("image", "file"):
-            attachments.append(Attachment(kind, url=_str(item, kind, "url") or None))
+            attachments.append(Attachment(kind, url=_str(item, kind, "url", limit=MAX_FIELD_CHARS) or None))
     text = _MENTION.sub("", " ".join(t for t in texts if t)).strip() or None
     return Event(id=msg_id, kind=EventKind.MESSAGE, ref=ref, text=text, attachments=tuple(attachments),
                  received_at=now, channel_data=data)

@@ -1,7 +1,8 @@
 """WeCom group robot (群机器人): tells the human team about handoffs and alerts.
 
 Implements :class:`bot.notify.Notifier`. The webhook key is a secret carried in
-the URL, so neither is logged; rate-limit buckets use a hash of it.
+the URL, so neither is logged; rate-limit buckets use a hash of it. Notices are
+markdown with the customer's words made literal (:func:`bot.notify.literal_markdown`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 from typing import Any
 
 from adapters.wecom.api import TEXT_LIMIT_BYTES, CallPolicy, WecomApiError
+from bot.notify import literal_markdown, literal_title
 from bot.state.shared import WindowGate
 from bot.text import split_utf8
 
@@ -27,8 +29,10 @@ class RobotNotifier:
         self._bucket = "wecom-robot:" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
     async def notify(self, title: str, text: str) -> None:
-        """A markdown notice, split at 4096 bytes when long."""
-        body = f"**{title.strip()}**\n{text}" if title.strip() else text
+        """A markdown notice, split at 4096 bytes when long; title and text are plain text, so they are
+        made literal (customer text must not become a link, image, mention or tag in the team's group)."""
+        title, text = literal_title(title), literal_markdown(text)
+        body = f"**{title}**\n{text}" if title else text
         for piece in split_utf8(body, MARKDOWN_LIMIT_BYTES):
             await self.send({"msgtype": "markdown", "markdown": {"content": piece}})
 

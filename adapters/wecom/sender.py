@@ -16,11 +16,25 @@ from adapters.wecom.aibot import AibotSender
 from adapters.wecom.api import AccessToken, AppClient, CallPolicy, WecomApiError
 from adapters.wecom.apps import configured_apps, where
 from adapters.wecom.parse import AIBOT_TENANT, CHANNEL
+from bot.config import WecomConfig
+from bot.outbound import OutboundPolicy
 from bot.services import Services
 from bot.state.shared import WindowGate
 from bot.types import ConversationRef, Event, Reply, ReplyChunk
 
 log = logging.getLogger(__name__)
+
+
+def response_url_policy(cfg: WecomConfig) -> OutboundPolicy:
+    """Where an AI-bot response_url may point: ``wecom.response_url_hosts`` (https, 443), and the origin of
+    ``wecom.api_base``, which the operator already trusts with access tokens (a loopback fake in tests)."""
+    entries = list(cfg.response_url_hosts)
+    try:
+        OutboundPolicy.of([cfg.api_base])
+        entries.append(cfg.api_base)
+    except ValueError:
+        log.warning("wecom.api_base is not an http(s) origin; AI-bot response_urls go to response_url_hosts only")
+    return OutboundPolicy.of(entries)
 
 
 class WecomSender:
@@ -40,7 +54,7 @@ class WecomSender:
         self.aibot: AibotSender | None = None
         if cfg.aibot_token:
             self.aibot = AibotSender(services.kv, keys, self.policy, stream_ttl_s=cfg.aibot_stream_ttl_s,
-                                     bus=services.bus)
+                                     bus=services.bus, response_urls=response_url_policy(cfg))
 
     async def stream(self, chunk: ReplyChunk) -> None:
         if chunk.to.tenant == AIBOT_TENANT and self.aibot is not None:

@@ -2,7 +2,10 @@
 
 One mailbox per conversation, drained by one task, so a conversation's events
 run in arrival order while different conversations run concurrently up to
-``max_concurrent``. Nothing survives the process: at shutdown whatever is
+``max_concurrent``. Channels named in ``channel_limits`` may hold at most that
+many of the ``max_pending`` events (their share), so a flood on one public
+channel (``/chat``, the widget) answers that channel 503 while WeCom and
+DingTalk events are still taken. Nothing survives the process: at shutdown whatever is
 still unanswered is un-seen, so the platform's retry is taken (by this process
 after a restart, or by another).
 """
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Mapping
 
 from bot.inbox.base import Delivery, Handler, Overloaded, SeenSet, confirm_seen, record_seen
 from bot.metrics import Metrics
@@ -27,10 +31,12 @@ class MemoryInbox:
     redelivers = False
 
     def __init__(self, seen: SeenSet, metrics: Metrics, *, max_pending: int, max_concurrent: int,
-                 delivery_limit: int = 5) -> None:
+                 delivery_limit: int = 5, channel_limits: Mapping[str, int] | None = None) -> None:
         self.seen = seen
         self.metrics = metrics
         self.max_pending = max_pending
+        self.channel_limits = dict(channel_limits or {})  # channel -> the most events it may hold pending
+        self._held: Counter[str] = Counter()  # channel -> events pending, counted from before the dedup mark
         self.delivery_limit = delivery_limit
         self._slots = asyncio.Semaphore(max_concurrent)
         self._mailboxes: dict[str, deque[Delivery]] = {}
@@ -50,8 +56,18 @@ class MemoryInbox:
             raise Overloaded("shutting down")
         if self._pending >= self.max_pending:
             raise Overloaded(f"{self._pending} events pending")
-        first = await record_seen(self.seen, event, _PENDING_S)
+        channel = event.ref.channel
+        limit = self.channel_limits.get(channel)
+        if limit is not None and self._held[channel] >= limit:
+            raise Overloaded(f"channel {channel} holds its share of pending events ({limit})")
+        self._held[channel] += 1  # before the await: concurrent puts cannot all pass the check
+        try:
+            first = await record_seen(self.seen, event, _PENDING_S)
+        except BaseException:
+            self._release(channel)
+            raise
         if not first:
+            self._release(channel)
             return False
         self._pending += 1
         self.metrics.pending.set(self._pending)
@@ -96,6 +112,7 @@ class MemoryInbox:
                                   delivery.event.id, delivery.attempt)
                 box.popleft()
                 self._pending -= 1
+                self._release(delivery.event.ref.channel)
                 self.metrics.pending.set(self._pending)
         finally:
             # No await between the emptiness check and the removal: a put that
@@ -129,9 +146,19 @@ class MemoryInbox:
                 except Exception:
                     log.exception("could not un-see %s event %s", delivery.event.ref.channel, delivery.event.id)
         self._mailboxes.clear()
+        self._held.clear()
         self._pending = 0
         self.metrics.pending.set(0)
         return False
+
+    def _release(self, channel: str) -> None:
+        self._held[channel] -= 1
+        if self._held[channel] <= 0:
+            del self._held[channel]
+
+    def held(self, channel: str) -> int:
+        """Events of ``channel`` pending now (for tests and metrics)."""
+        return self._held[channel]
 
     async def depth(self) -> int:
         self.metrics.queue_depth.labels("inbox").set(self._pending)

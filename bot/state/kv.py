@@ -123,10 +123,12 @@ class RedisKV:
         await self.client.delete(key)
 
     async def hit(self, key: str, window_s: float) -> int:
+        # The window starts with the first hit (SET NX PX) and INCR keeps its TTL; PEXPIRE ... NX would say
+        # the same in one command but needs Redis 7, and the hub runs on 6.2 (bot/state/redisconn.py).
         async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, px=max(1, int(window_s * 1000)), nx=True)
             pipe.incr(key)
-            pipe.pexpire(key, max(1, int(window_s * 1000)), nx=True)
-            count, _ = await pipe.execute()
+            _, count = await pipe.execute()
         return int(count)
 
     async def list_push(self, key: str, value: str, *, max_len: int, ttl_s: float) -> int:

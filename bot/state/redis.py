@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.state.base import SENT, DialogueState, LedgerEntry, SeenPending, StoreDown, VersionConflict
 from bot.state.keys import Keys
+from bot.state.redisconn import open_client
 
 _CAS = """
 local v = redis.call('HGET', KEYS[1], 'v')
@@ -82,12 +83,12 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, keys: Keys, idle_ttl_s: float, dedup_ttl_s: float, *, max_connections: int = 100,
-                 pool_timeout_s: float = 5.0) -> RedisStore:
-        # A blocking pool: under a backlog hundreds of conversations run at once, and a caller past the
-        # pool's size waits for a connection instead of failing with MaxConnectionsError.
-        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, health_check_interval=30,
-                                                        max_connections=max_connections, timeout=pool_timeout_s)
-        client = aioredis.Redis(connection_pool=pool)
+                 pool_timeout_s: float = 5.0, socket_timeout_s: float = 5.0,
+                 connect_timeout_s: float = 2.0) -> RedisStore:
+        # A blocking pool (under a backlog hundreds of conversations run at once) with every wait bounded:
+        # bot/state/redisconn.py.
+        client = open_client(url, max_connections=max_connections, pool_timeout_s=pool_timeout_s,
+                             socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s)
         return cls(client, keys, idle_ttl_s, dedup_ttl_s)
 
     @_down_is_store_down

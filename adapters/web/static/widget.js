@@ -633,7 +633,12 @@
         if (res.status === 401) {
           return session().then(function () { S.stream = null; connect(); });
         }
-        if (!res.ok || !res.body) { var e = new Error("stream " + res.status); e.status = res.status; throw e; }
+        if (!res.ok || !res.body) {
+          var e = new Error("stream " + res.status);
+          e.status = res.status;
+          e.retryAfter = retryAfterMs(res);
+          throw e;
+        }
         setOnline(true);
         S.backoff = 1000;
         return readEvents(res.body.getReader()).then(function () { throw new Error("stream ended"); });
@@ -643,9 +648,22 @@
         S.stream = null;
         if (ctl.signal.aborted) return;
         if (!err || err.message !== "stream ended") setOnline(false); // a clean end (token renewal) is not an outage
-        S.retryTimer = setTimeout(connect, S.backoff + Math.random() * 300);
-        S.backoff = Math.min(S.backoff * 2, 15000);
+        // 429 (too many windows) / 503 (server full or busy): wait at least what the server asks, spread out
+        // with jitter so a full server is not met by every widget at the same moment
+        var wait = S.backoff;
+        if (err && (err.status === 429 || err.status === 503)) {
+          wait = Math.max(wait, err.retryAfter || 10000);
+          S.backoff = Math.min(Math.max(S.backoff * 2, wait), 60000);
+        } else {
+          S.backoff = Math.min(S.backoff * 2, 15000);
+        }
+        S.retryTimer = setTimeout(connect, wait + Math.random() * Math.max(300, wait / 2));
       });
+  }
+
+  function retryAfterMs(res) {
+    var secs = parseInt(res.headers.get("Retry-After") || "", 10);
+    return secs > 0 ? Math.min(secs, 300) * 1000 : 0;
   }
 
   function readEvents(reader) {

@@ -47,7 +47,7 @@ class FakeDingTalk:
         self.card_calls: list[tuple[str, str, dict[str, Any]]] = []
         self.opens: list[dict[str, Any]] = []
         self.acks: list[dict[str, Any]] = []
-        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.frames: asyncio.Queue[dict[str, Any] | str | bytes] = asyncio.Queue()  # str/bytes: sent verbatim
         self.open_failures = 0  # connections/open answers 500 this many times
         self.close_after_acks = 0  # the gateway drops the socket after this many ACKs (0: never)
         self.fail_paths: set[str] = set()  # OpenAPI paths that answer 500
@@ -147,7 +147,10 @@ class FakeDingTalk:
         async def pump() -> None:
             while not ws.closed:
                 frame = await self.frames.get()
-                await ws.send_str(json.dumps(frame))
+                if isinstance(frame, bytes):
+                    await ws.send_bytes(frame)
+                else:
+                    await ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
 
         sender = asyncio.create_task(pump())
         try:

@@ -41,7 +41,8 @@ async def test_open_streams_leave_the_pool_to_the_other_channels(
     web_server: WebServerFactory, many: aiohttp.ClientSession, redis_url: str, key_prefix: str
 ) -> None:
     server, web = await web_server({"state.url": capped(redis_url, POOL_CAP), "state.key_prefix": key_prefix,
-                                    "web.rate_per_ip_per_min": 10_000, "web.heartbeat_s": 30})
+                                    "web.rate_per_ip_per_min": 10_000, "web.heartbeat_s": 30,
+                                    "web.max_streams_per_ip": 1000})  # every stream comes from 127.0.0.1
     assert isinstance(web.events, RedisEventLog)
     assert web.services.redis is not None
     pool = web.services.redis.connection_pool
