@@ -40,11 +40,11 @@ def redact_url(url: object) -> str:
     """``scheme://host:port/path`` with user-info replaced and the query and
     fragment dropped; anything that does not parse becomes ``REDACTED``."""
     split = _split(url)
-    if split is None or not split[0].scheme or not (split[1] or split[0].path):
+    if split is None or not split[0].scheme:
         return REDACTED
     parts, where = split
     query = f"?{REDACTED}" if parts.query else ""
-    return SplitResult(parts.scheme, f"{_userinfo(parts)}{where}", parts.path, "", "").geturl() + query
+    return f"{parts.scheme}://{_userinfo(parts)}{where}{parts.path}{query}"
 
 
 def url_path(url: object) -> str:
