@@ -463,7 +463,7 @@ class RabbitInbox:
                 continue
             if index not in held:
                 log.warning("lease on partition %d is held by another worker; handing it over", index)
-                self._retire_soon(part)
+                self._retire_soon(part, cancel=False)
             elif index not in assigned:
                 self._retire_soon(part)
         for index in sorted(assigned - set(self._owned)):
@@ -620,19 +620,26 @@ class RabbitInbox:
             log.warning("could not settle %s event %s: %s", item.delivery.event.ref.channel, item.delivery.event.id,
                         type(exc).__name__)
 
-    def _retire_soon(self, part: _Partition) -> None:
+    def _retire_soon(self, part: _Partition, *, cancel: bool = True) -> None:
         part.retiring = True
-        task = asyncio.create_task(self._retire(part, RELEASE_DRAIN_S), name=f"hand over {self.queue_name(part.index)}")
+        task = asyncio.create_task(self._retire(part, RELEASE_DRAIN_S, cancel=cancel),
+                                   name=f"hand over {self.queue_name(part.index)}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _retire(self, part: _Partition, drain_s: float) -> int:
+    async def _retire(self, part: _Partition, drain_s: float, *, cancel: bool = True) -> int:
         """Hand a partition over: start nothing more, give the running events up to ``drain_s`` (or until
         hurried) to finish, close the channel (the broker gives the rest back, in order), release the lease.
-        Returns how many events went back unfinished."""
+        Returns how many events went back unfinished.
+
+        ``cancel`` (only while the lease is still ours): cancel the consumer first, so fewer deliveries
+        come in to be handed back. Never once another worker holds the lease: its consumer may already be
+        waiting as the standby, and a cancel would make it active while this worker still holds
+        unacknowledged earlier events of the same conversations, which it would then get *after* later
+        ones (answers out of order). Closing the channel instead returns those first."""
         part.retiring = True
         part.accepting = False
-        if self.redis is not None and part.tag is not None and not part.lost():
+        if cancel and self.redis is not None and part.tag is not None and not part.lost():
             # With the lease held nobody else consumes this partition, so cancelling activates no standby.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(_OP_TIMEOUT_S):
