@@ -11,7 +11,9 @@ as on WeCom or DingTalk. Two halves:
   agent replies): a turn's replies go on the bus; proactive replies (an
   agent's) go into the conversation's outbox in the shared KV (Redis when
   state is), a list bounded per conversation and expiring, so they reach the
-  customer's next ``/chat`` request on any gateway.
+  customer's next ``/chat`` request on any gateway. They wait there redacted
+  (bot/privacy/pii.py): an agent quoting the customer's phone number back
+  sends ``[手机号]``; what the customer typed never waits anywhere.
 
 Safe by default on the public internet: each client (its API key, or its
 address without keys) gets ``api.rate_per_client_per_min`` requests, 429 past
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import math
@@ -41,6 +44,7 @@ from bot import codec
 from bot.decode import DecodeError, JsonObject
 from bot.http import HttpError, bearer_token, json_response, read_fields
 from bot.hub import Overloaded, StoreUnavailable
+from bot.privacy.pii import redact
 from bot.replybus import ReplyWaiters, send_replies
 from bot.services import Services
 from bot.types import ConversationRef, Event, EventKind, Reply
@@ -188,8 +192,9 @@ class ApiSender:
             await send_replies(self.services.bus, _BUS_TOPIC, event, replies)
             return
         for reply in replies:  # proactive (an agent's answer): kept for the user's next request, on any gateway
+            kept = dataclasses.replace(reply, text=redact(reply.text))  # it waits up to a day in the KV
             await self.services.kv.list_push(self.services.keys.api_outbox(reply.to.key),
-                                             codec.encode_replies([reply]), max_len=OUTBOX_MAX, ttl_s=OUTBOX_TTL_S)
+                                             codec.encode_replies([kept]), max_len=OUTBOX_MAX, ttl_s=OUTBOX_TTL_S)
 
     async def erase(self, ref: ConversationRef) -> int:
         """Forget the conversation's waiting replies (in Redis mode the admin API has already deleted the key)."""

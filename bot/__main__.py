@@ -26,10 +26,17 @@ def _load(path: str | None) -> Config:
 
 
 def _logging(cfg: Config) -> SecretFilter:
-    """Root handlers carry a filter that blanks every configured secret, whatever a call site logs."""
+    """Root handlers carry a filter that blanks every configured secret, and one that redacts personal
+    data under the process's ``privacy:`` policy (set here, for the stores as much as for the log)."""
+    from bot.privacy import pii
+    from bot.privacy.logfilter import install_pii_filter
+
     logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_malformed_request_filter()
-    return install_secret_filter(secrets_of(cfg.model_dump()))
+    secret_filter = install_secret_filter(secrets_of(cfg.model_dump()))
+    pii.configure(pii.Redactor.from_config(cfg.privacy))
+    install_pii_filter()
+    return secret_filter
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

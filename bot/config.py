@@ -197,6 +197,65 @@ class DialogueConfig(_Section):
     notify_timeout_s: float = Field(10.0, gt=0)
 
 
+class SafetyOutputConfig(_Section):
+    """The output filter (bot/safety/output_filter.py): what a reply may not carry to the customer."""
+
+    enabled: bool = True  # false: replies and streamed tokens go out unchecked
+    max_chars: int = Field(2000, gt=0)  # a model-written reply longer than this is replaced (a runaway generation)
+    tail_chars: int = Field(24, gt=0)  # streaming: significant characters held back (longer than any blocked term)
+    leak_ngram: int = Field(12, ge=4)  # units (a Chinese character, an English word) shared with the instructions
+    leak_markers: list[str] = ["系统提示词", "system prompt"]  # phrases that only a leaking answer says
+    allowed_pii: list[str] = []  # the company's own hotline, service email...: a model may say these
+    # operator-written replies: checked against the blocklist only (an FAQ answer may carry the hotline)
+    trusted_sources: list[str] = ["faq", "fallback", "dialogue", "system", "unknown", "agent"]
+    # key of the digests of personal data a customer gave (the history keeps them redacted), so a later answer may
+    # repeat the customer's own number; set BOT__SAFETY__OUTPUT__PII_SECRET, empty: a random key per process
+    pii_secret: str = ""
+
+
+class SafetyConfig(_Section):
+    """The input filter (bot.safety): what each category of finding does to a turn."""
+
+    enabled: bool = True  # false: no input checks at all
+    blocklist_path: str = "config/blocklist.txt"  # 敏感词, one per line, optional <TAB>category
+    # per category (injection, sql, shell, blocklist, or a blocklist file's own category): refuse | mask | handoff
+    # | flag; a blocklist category not named here takes the action of ``blocklist``
+    actions: dict[str, str] = {
+        "injection": "refuse", "sql": "flag", "shell": "flag", "blocklist": "refuse", "abuse": "mask",
+    }
+    output: SafetyOutputConfig = SafetyOutputConfig()
+
+    @field_validator("actions")
+    @classmethod
+    def _known_actions(cls, actions: dict[str, str]) -> dict[str, str]:
+        for category, action in actions.items():
+            if action not in ("refuse", "mask", "handoff", "flag"):
+                raise ValueError(f"actions.{category}: expected refuse, mask, handoff or flag")
+        return actions
+
+
+class PrivacyConfig(_Section):
+    """PII redaction (bot/privacy/pii.py) wherever data is kept or leaves the hub; slots are never redacted."""
+
+    extra_patterns: dict[str, str] = {}  # name -> regex (on the NFKC form); matches become [name]
+    keep: list[str] = []  # values never redacted: the company's own hotline and service e-mails in answers
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
+        """Named by key, never by value: an operator may paste a sample number into the regex."""
+        for name, rx in patterns.items():
+            if not re.fullmatch(r"[\w\u4e00-\u9fff]{1,32}", name):
+                raise ValueError("extra_patterns: names are 1-32 letters, digits, _ or Chinese characters")
+            try:
+                compiled = re.compile(rx)
+            except re.error:
+                raise ValueError(f"extra_patterns.{name}: not a valid regular expression") from None
+            if compiled.fullmatch(""):
+                raise ValueError(f"extra_patterns.{name}: matches the empty string")
+        return patterns
+
+
 class AdminConfig(_Section):
     token: str = ""  # the admin API is off while this is empty
 
@@ -218,6 +277,8 @@ class Config(_Section):
     wecom: WecomConfig = WecomConfig()
     dingtalk: DingtalkConfig = DingtalkConfig()
     dialogue: DialogueConfig = DialogueConfig()
+    safety: SafetyConfig = SafetyConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -200,7 +200,35 @@ def secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
 
 
-class SecretFilter(logging.Filter):
+class RewritingFilter(logging.Filter):
+    """A filter that rewrites the whole text of every record it sees: the message
+    formatted with its args, and the exception and stack text formatted too (so
+    nothing reaches a handler unrewritten). Subclasses say what :meth:`rewrite` takes out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._formatter = logging.Formatter()
+
+    def rewrite(self, text: str) -> str:
+        raise NotImplementedError
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # bad args: keep the template, never the args
+            message = str(record.msg)
+        record.msg, record.args = self.rewrite(message), None
+        if record.exc_info:
+            record.exc_text = self.rewrite(self._formatter.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self.rewrite(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.rewrite(record.stack_info)
+        return True
+
+
+class SecretFilter(RewritingFilter):
     """Defence in depth on the root handlers: whatever a call site forgot, no
     configured secret (or credential-shaped text) leaves in a log record. The
     message is formatted here (so secrets in ``args`` go too), and the exception
@@ -210,25 +238,11 @@ class SecretFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self._secrets = secrets_pattern(secrets)
-        self._formatter = logging.Formatter()
 
     def scrub(self, text: str) -> str:
         return scrub(text, self._secrets)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # bad args: keep the template, never the args
-            message = str(record.msg)
-        record.msg, record.args = self.scrub(message), None
-        if record.exc_info:
-            record.exc_text = self.scrub(self._formatter.formatException(record.exc_info))
-            record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = self.scrub(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.scrub(record.stack_info)
-        return True
+    rewrite = scrub
 
 
 def install_secret_filter(secrets: Iterable[str], logger: logging.Logger | None = None) -> SecretFilter:

@@ -27,6 +27,28 @@ _TEXTS: dict[str, dict[str, str]] = {
         "zh": "抱歉，暂时无法识别语音内容，请您用文字输入问题。",
         "en": "Sorry, I couldn't recognise the voice message. Please type your question.",
     },
+    "safety_fallback": {  # a reply the output filter stopped (bot/safety/output_filter.py)
+        "zh": "抱歉，这个问题我暂时无法回答。您可以换个问法，或回复“转人工”联系人工客服。",
+        "en": "Sorry, I can't answer that. Please try asking another way, or reply \"human\" to reach an agent.",
+    },
+    "safety_refused_injection": {  # the input filter refused an attempt to steer the bot (bot/safety/input_filter.py)
+        "zh": "抱歉，我只能协助与我们的产品和服务相关的问题，无法执行这类请求。请问还有什么可以帮您？",
+        "en": "Sorry, I can only help with questions about our products and services, not with that request. "
+              "Anything else I can help with?",
+    },
+    "safety_refused": {  # the input filter refused a message with blocked content
+        "zh": "抱歉，您的消息包含不适宜的内容，我无法处理。如需帮助，请换个说法，或回复“转人工”联系人工客服。",
+        "en": "Sorry, your message contains content I can't handle. Please rephrase it, or reply \"human\" to reach an "
+              "agent.",
+    },
+    "safety_handoff": {  # the input filter handed the conversation to a person
+        "zh": "您的消息需要人工客服处理，正在为您转接，请稍候。",
+        "en": "A member of our team needs to handle this. Connecting you to an agent, please wait.",
+    },
+    "safety_withheld": {  # stands in the history for a refused message (kept out of later prompts and of the store)
+        "zh": "（该消息未通过安全检查，内容未保存）",
+        "en": "(this message did not pass the safety check; its text was not kept)",
+    },
     "unsupported": {
         "zh": "抱歉，暂不支持该类型的消息，请发送文字。",
         "en": "Sorry, this kind of message isn't supported yet. Please send text.",

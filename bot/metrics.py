@@ -45,6 +45,9 @@ class Metrics:
         self.queue_dead_lettered = Counter(
             "kefu_queue_dead_lettered", "Events parked after too many deliveries or unreadable", registry=r
         )
+        self.safety_verdicts = Counter(  # stage: input | output; action: refuse | mask | handoff | flag | replace
+            "kefu_safety_verdicts", "Safety findings and what was done", ["stage", "category", "action"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

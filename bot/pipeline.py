@@ -65,6 +65,8 @@ class TurnContext:
 
 class Step(Protocol):
     name: str
+    # A step may also set ``checks = True``: it checks what was decided (the output filter) and runs even
+    # after a deciding step set ``ctx.decided``.
 
     async def run(self, ctx: TurnContext) -> None: ...
 
@@ -152,8 +154,8 @@ class TurnPipeline:
             assert ctx.state is not None
             loaded = ctx.state.version
             for step in self.deciding:
-                if ctx.decided:
-                    break
+                if ctx.decided and not getattr(step, "checks", False):
+                    continue  # decided: only steps that check the decision (the output filter) still run
                 await self._timed(step.name, step.run, ctx)
             entry = LedgerEntry(ctx.event.dedup_key, codec.encode_replies(ctx.replies)) if self.ledger else None
             started = time.perf_counter()

@@ -8,13 +8,15 @@ from typing import Literal
 import aiohttp
 
 from bot.answer import Answerer
-from bot.config import Config
+from bot.config import Config, ConfigError
 from bot.faq import FaqIndex
 from bot.hub import Hub
 from bot.inbox import Inbox
 from bot.metrics import Metrics
 from bot.notify import Notifier
 from bot.outbound import http_timeout
+from bot.pipeline import Dialogue, Step
+from bot.privacy import pii
 from bot.replybus import LocalBus, RabbitBus, ReplyBus
 from bot.state import StateStore, open_store
 from bot.state.keys import Keys
@@ -35,6 +37,8 @@ class Services:
         self.config = config
         self.role: Role = role
         self.metrics = metrics or Metrics()
+        # one redaction policy per process: stored history, logs and stores all redact the same way
+        pii.configure(pii.Redactor.from_config(config.privacy))
         self.keys = Keys(config.state.key_prefix)
         self.store: StateStore = open_store(config.state)
         client = getattr(self.store, "client", None)
@@ -55,8 +59,9 @@ class Services:
             metrics=self.metrics,
         )
         self.bus: ReplyBus = RabbitBus(config.queue.url, config.queue.name) if config.queue.url else LocalBus()
-        self.hub = Hub(config.hub, self.store, self._handler(), self.metrics, inbox=self._inbox(),
-                       origin=self.bus.origin, shares=self.pending_shares)
+        handler = self._handler()
+        self.hub = Hub(config.hub, self.store, handler, self.metrics, inbox=self._inbox(),
+                       origin=self.bus.origin, shares=self.pending_shares, steps=self._steps(handler))
         self.notifiers: list[Notifier] = []  # filled by channels that can reach the team
         self._http: aiohttp.ClientSession | None = None
 
@@ -82,6 +87,26 @@ class Services:
 
         return RabbitInbox(self.config.queue, self.store, self.metrics, redis=self.redis, keys=self.keys,
                            worker_id=self.bus.origin, max_concurrent=self.config.hub.max_pending)
+
+    def _steps(self, handler: TurnHandler) -> list[Step]:
+        """The deciding part of every turn, on every channel: input filter, stream guard, dialogue,
+        output filter (bot/safety/). ``safety.enabled: false`` leaves the dialogue alone."""
+        if not self.config.safety.enabled:
+            return [Dialogue(handler)]
+        from bot.safety.blocklist import BlocklistError
+        from bot.safety.input_filter import InputFilter
+        from bot.safety.output_filter import OutputFilter, internal_texts
+
+        try:
+            checks_in = InputFilter.from_config(self.config, self.metrics, notifier=getattr(handler, "notifier", None))
+        except (BlocklistError, OSError) as exc:
+            raise ConfigError(f"safety.blocklist_path: {exc}") from None
+        checks_out = OutputFilter(
+            self.config.safety.output, self.metrics, blocklist=checks_in.blocklist,
+            internal=internal_texts(self.config.engine.system_prompt, getattr(handler, "graph", None)),
+            operator_texts=[entry.answer for entry in self.faq.by_id.values()] + list(self.config.privacy.keep),
+        )
+        return [checks_in, checks_out.stream_step(), Dialogue(handler), checks_out]
 
     def _handler(self) -> TurnHandler:
         if self.config.dialogue.enabled:  # a bad graph raises GraphError (a ConfigError) naming the node

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
+from bot.privacy.pii import redact
 from bot.state.keys import Keys
 from bot.types import ConversationRef
 
@@ -69,6 +70,23 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return ids
 """
+
+
+def stored(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as the log keeps it: its ``text`` with personal data redacted (bot/privacy/pii.py). The
+    log outlives the turn (idle TTL) and is replayed to every tab; the tab that sent a message shows it as
+    typed (widget.js adds it before the log echoes it). A streamed delta is redacted on its own: a number
+    split across deltas is not seen here, and a delta whose length changed makes the widget wait for the
+    final answer (its ``offset`` no longer follows), which is redacted whole."""
+    text = event.get("text")
+    if not isinstance(text, str) or not text:
+        return event
+    clean = redact(text)
+    return event if clean == text else {**event, "text": clean}
+
+
+def _dump(event: dict[str, Any]) -> str:
+    return json.dumps(stored(event), ensure_ascii=False)
 
 
 def session_ref(session_id: str) -> ConversationRef:
@@ -171,7 +189,7 @@ class MemoryEventLog:
         ids = []
         for event in events:
             ids.append(self._next_id())
-            item.entries.append((ids[-1], event))
+            item.entries.append((ids[-1], stored(event)))
         async with item.cond:
             item.cond.notify_all()
         return ids
@@ -275,8 +293,7 @@ class RedisEventLog:
         key = self._key(session_id)
         async with self.client.pipeline(transaction=True) as pipe:
             for event in events:
-                pipe.xadd(key, {"d": json.dumps(event, ensure_ascii=False)}, maxlen=self.per_session,
-                          approximate=True)
+                pipe.xadd(key, {"d": _dump(event)}, maxlen=self.per_session, approximate=True)
             pipe.pexpire(key, self.ttl_ms)
             *ids, _ = await pipe.execute()
         return [i if isinstance(i, str) else i.decode() for i in ids]
@@ -284,7 +301,7 @@ class RedisEventLog:
     async def append_delta(self, session_id: str, message_id: str, event: dict[str, Any]) -> str:
         key, marks = self._key(session_id), self._marks(session_id)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(key, {"d": json.dumps(event, ensure_ascii=False)}, maxlen=self.per_session, approximate=True)
+            pipe.xadd(key, {"d": _dump(event)}, maxlen=self.per_session, approximate=True)
             pipe.pexpire(key, self.ttl_ms)
             pipe.hincrby(marks, message_id, 1)
             pipe.pexpire(marks, self.ttl_ms)
@@ -294,7 +311,7 @@ class RedisEventLog:
     async def append_answer(self, session_id: str, message_id: str, fill: Sequence[dict[str, Any]],
                             events: Sequence[dict[str, Any]]) -> list[str]:
         args = [message_id, self.per_session, self.ttl_ms, len(fill),
-                *(json.dumps(e, ensure_ascii=False) for e in [*fill, *events])]
+                *(_dump(e) for e in [*fill, *events])]
         ids = await self._append_answer(keys=[self._key(session_id), self._marks(session_id)], args=args)
         return [i if isinstance(i, str) else i.decode() for i in ids]
 

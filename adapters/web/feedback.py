@@ -7,6 +7,9 @@ without joining against state that has expired. The latest vote per answer is
 also kept per conversation (``keys.feedback(conversation)``) so a reloaded
 widget shows the thumbs the visitor chose.
 
+Question and answer are kept redacted (:func:`redacted`, bot/privacy/pii.py): the stream outlives the
+conversation and feeds training, where a customer's phone number has no business.
+
 Erasure: in Redis the admin API deletes the per-conversation hash (found
 through ``Keys.conversation_keys``) and the conversation's entries in the
 stream (matched on their ``conversation`` field); in memory mode
@@ -15,6 +18,7 @@ stream (matched on their ``conversation`` field); in memory mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import OrderedDict, deque
@@ -23,6 +27,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
+from bot.privacy.pii import redact, redact_json
 from bot.state.keys import Keys
 
 RATINGS = ("up", "down", "none")  # none: the visitor took the vote back
@@ -42,6 +47,12 @@ class FeedbackRecord:
     ts: float = field(default_factory=time.time)
 
 
+def redacted(rec: FeedbackRecord) -> FeedbackRecord:
+    """The record as it is kept: question, answer and meta without personal data."""
+    return dataclasses.replace(rec, question=redact(rec.question), answer=redact(rec.answer),
+                               meta=redact_json(rec.meta))
+
+
 class FeedbackStore(Protocol):
     async def record(self, rec: FeedbackRecord) -> None: ...
 
@@ -59,7 +70,7 @@ class MemoryFeedbackStore:
         self._latest: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     async def record(self, rec: FeedbackRecord) -> None:
-        self.records.append(rec)
+        self.records.append(redacted(rec))
         latest = self._latest.setdefault(rec.conversation, {})
         latest[rec.answer_id] = rec.rating
         self._latest.move_to_end(rec.conversation)
@@ -87,7 +98,7 @@ class RedisFeedbackStore:
 
     async def record(self, rec: FeedbackRecord) -> None:
         fields = {k: (json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, dict) else str(v))
-                  for k, v in asdict(rec).items()}
+                  for k, v in asdict(redacted(rec)).items()}
         latest = self.keys.feedback(rec.conversation)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.xadd(self.keys.feedback_stream(), fields, maxlen=self.max_records, approximate=True)

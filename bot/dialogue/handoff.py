@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from bot.notify import Notifier
+from bot.privacy.pii import redact
 from bot.state import DialogueState, Handoff
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
@@ -31,6 +32,7 @@ REASONS = {
     "anger": "客户情绪激动（多次愤怒）",
     "complaint": "客户投诉",
     "agent": "人工主动接入",
+    "safety": "安全检查：可疑或违规内容",  # bot/safety/input_filter.py
 }
 _RELEASED = {
     "zh": "人工客服已结束本次服务，智能客服将继续为您服务。还有什么可以帮您的吗？",
@@ -58,7 +60,9 @@ def released(state: DialogueState, notice: str | None, limit: int) -> DialogueSt
 
 
 def describe(ref: ConversationRef, state: DialogueState, reason: str) -> tuple[str, str]:
-    """Title and text of the team notice (Chinese: it is read by the support team)."""
+    """Title and text of the team notice (Chinese: it is read by the support team). What the customer
+    wrote and the slots are redacted (bot/privacy/pii.py): the notice leaves the hub for group chats and
+    ticket systems. An order number stays (it is what the agent needs); the rest is in the admin API."""
     who = f"{ref.channel} 用户 {ref.user_id}"
     title = f"【转人工】{who}"
     lines = [
@@ -67,11 +71,11 @@ def describe(ref: ConversationRef, state: DialogueState, reason: str) -> tuple[s
         f"用户：{ref.user_id}" + (f"（群聊 {ref.conversation_id}）" if ref.is_group else ""),
     ]
     if state.slots:
-        lines.append("已收集：" + "，".join(f"{k}={v}" for k, v in state.slots.items()))
+        lines.append("已收集：" + "，".join(f"{k}={redact(str(v))}" for k, v in state.slots.items()))
     recent = state.history[-_RECENT_TURNS:]
     if recent:
         lines.append("最近消息：")
-        lines += [f"  {_ROLE.get(t.role, t.role)}：{' '.join(t.text.split())[:200]}" for t in recent]
+        lines += [f"  {_ROLE.get(t.role, t.role)}：{redact(' '.join(t.text.split()))[:200]}" for t in recent]
     target = {"channel": ref.channel, "user_id": ref.user_id}
     if ref.tenant:
         target["tenant"] = ref.tenant

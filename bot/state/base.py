@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from bot.privacy.pii import redact
 from bot.types import ConversationRef
 
 
@@ -121,7 +122,10 @@ class DialogueState:
         return dataclasses.replace(self, **changes)
 
     def with_turn(self, role: str, text: str, limit: int, **meta: Any) -> DialogueState:
-        turn = HistoryTurn(role=role, text=text, ts=time.time(), meta=MappingProxyType(dict(meta)))
+        """The state with one more history turn, its personal data redacted (bot/privacy/pii.py): history
+        is kept for the idle TTL and quoted to the team and the model in later turns. The turn being
+        answered already has the text as written; slots the dialogue needs are kept as they are."""
+        turn = HistoryTurn(role=role, text=redact(text), ts=time.time(), meta=MappingProxyType(dict(meta)))
         return self.replace(history=(*self.history, turn)[-limit:])
 
     def dialogue_fields(self) -> dict[str, Any]:

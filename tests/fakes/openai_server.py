@@ -12,7 +12,9 @@ Each POST /v1/chat/completions takes the next step from ``script`` (the last one
 * ``"error:K"`` stream K tokens, then an in-band ``{"error": ...}`` event, and end.
 
 With ``echo`` every answer is ``答：<the last user message>#<request number>``, so a test can tell
-which question an answer belongs to and whether it was generated once.
+which question an answer belongs to and whether it was generated once. With ``echo_prompt`` (a model
+talked into repeating its instructions) every answer is the whole prompt as it was sent, system
+message first (``role: content`` lines), streamed ``piece_chars`` characters at a time.
 
 ``delay`` (seconds) and ``pace(i)`` (awaited) run before each token ``i``. Every request's
 JSON body and headers are recorded; ``disconnected`` is set when a client goes away mid-stream.
@@ -45,7 +47,11 @@ class FakeOpenAI:
         hang_s: float = 30.0,
         model: str = "fake",
         echo: bool = False,
+        echo_prompt: bool = False,
+        piece_chars: int = 3,
     ) -> None:
+        self.echo_prompt = echo_prompt  # answer each request with its whole prompt, system prompt included
+        self.piece_chars = piece_chars
         self.echo = echo  # answer each request with the last user message (so every answer names its question)
         self.tokens = list(tokens)
         self.script = list(script)
@@ -101,6 +107,9 @@ class FakeOpenAI:
         if self.echo:
             asked = [m["content"] for m in self.requests[-1]["messages"] if m.get("role") == "user"]
             tokens = ["答：", asked[-1] if asked else "", f"#{len(self.requests)}"]
+        if self.echo_prompt:
+            prompt = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in self.requests[-1]["messages"])
+            tokens = [prompt[i : i + self.piece_chars] for i in range(0, len(prompt), self.piece_chars)]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         try:

@@ -139,7 +139,9 @@ async def test_llm_tokens_reach_the_stream_before_it_finishes(wecom_hub: HubFact
         if i == 1:
             await release.wait()  # hold the rest until the test saw the first token
 
-    llm = await FakeOpenAI(["您好，", "周末活动", "请关注公告。"], pace=pace, model="qwen").start()
+    # the first token is longer than the output filter's streamed hold-back (safety.output.tail_chars)
+    first_token = "您好，本周末全国各门店都有会员日活动，现场有新品试用、满减优惠和幸运抽奖，会员还可以领取积分，"
+    llm = await FakeOpenAI([first_token, "周末活动", "请关注公告。"], pace=pace, model="qwen").start()
     try:
         hub = await wecom_hub({"engine.kind": "openai", "engine.openai.base_url": llm.base_url,
                                "engine.openai.model": "qwen", "faq.threshold": 0.99})  # the model answers
@@ -152,12 +154,14 @@ async def test_llm_tokens_reach_the_stream_before_it_finishes(wecom_hub: HubFact
             if partial is not None and partial["stream"]["content"]:
                 break
             await asyncio.sleep(0.01)
-        assert partial is not None and partial["stream"] == {"id": sid, "finish": False, "content": "您好，"}
+        assert partial is not None and partial["stream"]["id"] == sid and not partial["stream"]["finish"]
+        shown = partial["stream"]["content"]
+        assert first_token.startswith(shown) and len(shown) < len(first_token)  # the tail is held back
         release.set()
         await hub.settle()
         _status, done = await hub.post_aibot(refresh(sid))
         assert done is not None
-        assert done["stream"] == {"id": sid, "finish": True, "content": "您好，周末活动请关注公告。"}
+        assert done["stream"] == {"id": sid, "finish": True, "content": first_token + "周末活动请关注公告。"}
     finally:
         release.set()
         await llm.close()
