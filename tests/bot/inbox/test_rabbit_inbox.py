@@ -210,3 +210,40 @@ async def test_puts_and_consuming_resume_after_the_broker_restarts(redis_url: st
         await delete_keys(client, key_prefix)
         await client.aclose()
         await asyncio.to_thread(node.close)
+
+
+async def test_a_worker_whose_lease_was_taken_hands_over_without_reordering(workers: Workers) -> None:
+    """A lease lost while events of a conversation are unacknowledged here (Redis slow, the loop stalled past
+    lease_s): the partition's new owner may already wait as the standby consumer. The handover must not make
+    it active while this worker still holds earlier events, or it answers later events first."""
+    parts = 2  # sorted workers [worker-a, worker-b]: partition 1 is worker-b's
+    conv = next(f"conv{c}" for c in range(100) if partition_of(f"web::conv{c}", parts) == 1)
+    handled: list[int] = []
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def slow_a(d: Delivery) -> None:
+        started.set()
+        await gate.wait()  # holds event 0; 1.. wait in a's mailbox, unacknowledged
+        handled.append(number(d.event))
+
+    async def record_b(d: Delivery) -> None:
+        handled.append(number(d.event))
+
+    a = workers.worker("worker-a", partitions=parts)
+    b = workers.worker("worker-b", partitions=parts)
+    await a.consume(slow_a)
+    assert a.owned_partitions == {0, 1}
+    for n in range(6):
+        assert await a.put_once(event(conv, n))
+    await asyncio.wait_for(started.wait(), 10)
+    await workers.redis.delete(workers.keys.queue_lease(workers.rabbit.name, 1))  # the lease is gone
+    await b.consume(record_b)
+    await wait_until(lambda: 1 in b.owned_partitions, "worker-b holding partition 1")
+    await wait_until(lambda: 1 not in a.owned_partitions, "worker-a handing partition 1 over")
+    for n in range(6, 10):  # published while worker-a still holds 0..5 unacknowledged
+        assert await b.put_once(event(conv, n))
+    await asyncio.sleep(0.5)  # time for the broker to deliver 6..9 to whichever consumer is active
+    gate.set()
+    await wait_until(lambda: len(handled) >= 10, "every event handled")
+    await asyncio.sleep(0.3)  # nothing more (no event twice)
+    assert handled == list(range(10))
