@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.logsafe import SECRET_KEY
+from bot.service_hours import ServiceHours, parse_day
 from engine.config import EngineConfig, OpenAIConfig  # noqa: F401 - both re-exported; engine/ owns them
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +198,37 @@ class DialogueConfig(_Section):
     notify_timeout_s: float = Field(10.0, gt=0)
 
 
+class ServiceHoursConfig(_Section):
+    """When people answer handoffs (bot/service_hours.py): "HH:MM-HH:MM", shifts joined by commas, or "closed"."""
+
+    mon: str = "09:00-21:00"
+    tue: str = "09:00-21:00"
+    wed: str = "09:00-21:00"
+    thu: str = "09:00-21:00"
+    fri: str = "09:00-21:00"
+    sat: str = "09:00-21:00"
+    sun: str = "09:00-21:00"
+
+    @field_validator("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    @classmethod
+    def _day(cls, spec: str) -> str:
+        parse_day(spec)
+        return spec
+
+
+class HandoffConfig(_Section):
+    """What a customer handed to a person hears while waiting (bot/dialogue/waiting.py)."""
+
+    hours: ServiceHoursConfig = ServiceHoursConfig()
+    timezone: str = "Asia/Shanghai"  # IANA name the hours are in
+    agent_timeout_s: float = Field(300.0, ge=0)  # 0: never tell the customer that no agent has replied
+
+    @model_validator(mode="after")
+    def _schedule(self) -> HandoffConfig:
+        ServiceHours.parse(self.hours.model_dump(), self.timezone)
+        return self
+
+
 class SafetyOutputConfig(_Section):
     """The output filter (bot/safety/output_filter.py): what a reply may not carry to the customer."""
 
@@ -277,6 +309,7 @@ class Config(_Section):
     wecom: WecomConfig = WecomConfig()
     dingtalk: DingtalkConfig = DingtalkConfig()
     dialogue: DialogueConfig = DialogueConfig()
+    handoff: HandoffConfig = HandoffConfig()
     safety: SafetyConfig = SafetyConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     admin: AdminConfig = AdminConfig()

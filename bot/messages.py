@@ -49,6 +49,35 @@ _TEXTS: dict[str, dict[str, str]] = {
         "zh": "（该消息未通过安全检查，内容未保存）",
         "en": "(this message did not pass the safety check; its text was not kept)",
     },
+    # While a person has the conversation (bot/dialogue/waiting.py): never silence without a word.
+    "handoff_hours": {  # after a handoff, inside the service hours
+        "zh": "人工客服服务时间：{hours}。客服接入后会直接在这里回复您，请稍候。",
+        "en": "Our agents are available {hours}. An agent will reply right here; please wait a moment.",
+    },
+    "handoff_closed": {  # after a handoff, outside the service hours
+        "zh": "现在是非人工服务时间（服务时间：{hours}），人工客服将于{next}上线后回复您。"
+              "您可以直接在这里留言说明问题，客服上线后会第一时间处理。",
+        "en": "Our agents are offline right now (hours: {hours}); a person will answer from {next}. "
+              "You can leave a message here and they will pick it up first thing.",
+    },
+    "handoff_noted": {  # the first message left outside the service hours (once, not every message)
+        "zh": "已收到您的留言，人工客服将于{next}上线后第一时间回复您。",
+        "en": "Got your message; an agent will reply from {next}.",
+    },
+    "handoff_late": {  # the customer wrote again and no agent has replied within handoff.agent_timeout_s
+        "zh": "抱歉，人工客服暂时还没有回复您。您可以继续等待，客服会在这里回复；"
+              "也可以点击“继续咨询机器人”，由智能客服先为您解答。",
+        "en": "Sorry, no agent has replied yet. You can keep waiting and they will answer here, or choose "
+              "\"Continue with the assistant\" and I'll help you meanwhile.",
+    },
+    "handoff_continue": {  # quick reply that gives the conversation back to the bot
+        "zh": "继续咨询机器人",
+        "en": "Continue with the assistant",
+    },
+    "handoff_bot_back": {  # the customer chose the bot instead of waiting
+        "zh": "好的，智能客服继续为您服务（人工客服回复时也会在这里联系您）。请问有什么可以帮您？",
+        "en": "Sure, I'm back to help (if an agent replies, you'll see it here too). What can I do for you?",
+    },
     "unsupported": {
         "zh": "抱歉，暂不支持该类型的消息，请发送文字。",
         "en": "Sorry, this kind of message isn't supported yet. Please send text.",

@@ -1,8 +1,9 @@
 """Human handoff: the state changes when a person takes a conversation over or
 gives it back, and the notice that tells the team.
 
-A handed-off conversation keeps recording the customer's messages but the bot
-stays silent until ``POST /api/agent/release``. The team notice is sent once
+A handed-off conversation keeps recording the customer's messages for the agent
+until ``POST /api/agent/release``; the bot only tells the customer about the wait
+(bot/dialogue/waiting.py), it does not answer for the agent. The team notice is sent once
 per handoff even when the turn that caused it runs again after losing a
 compare-and-set race: the first sender claims a key built from the message id.
 """
@@ -10,6 +11,7 @@ compare-and-set race: the first sender claims a key built from the message id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -44,10 +46,14 @@ def released_text(lang: str) -> str:
     return _RELEASED.get(lang, _RELEASED["zh"])
 
 
-def agent_replied(state: DialogueState, text: str, limit: int, agent: str | None = None) -> DialogueState:
+def agent_replied(state: DialogueState, text: str, limit: int, agent: str | None = None,
+                  now: float | None = None) -> DialogueState:
     """A person answered: record it, and take the conversation over so the bot
-    does not talk over them."""
-    taken = state.handoff or Handoff("agent", state.node, time.time())
+    does not talk over them. The reply's time is kept: the customer's wait for
+    a person (bot/dialogue/waiting.py) counts again from their next message."""
+    now = time.time() if now is None else now
+    taken = state.handoff or Handoff("agent", state.node, now)
+    taken = dataclasses.replace(taken, agent_at=now, waiting_since=0.0, noted=False, late=False)
     meta = {"agent": agent} if agent else {}
     return state.with_turn("agent", text, limit, **meta).replace(handed_off=True, handoff=taken)
 

@@ -12,7 +12,9 @@ Routing a message, in order:
 
 1. Commands work everywhere: 重新开始 restarts at the entry node (even out of
    a handoff), 转人工 goes to the handoff node; repeated anger goes to the
-   anger node. While a person has the conversation nothing else is answered.
+   anger node. While a person has the conversation nothing else is answered,
+   except what bot/dialogue/waiting.py decides a waiting customer must hear
+   (service hours, a message kept for the agent, no agent replying in time).
 2. A ``collect`` node that asked a question takes the answer: a valid value
    fills the slot and moves on, an invalid one re-prompts up to ``retries``
    times, then ``on_fail``. Nothing else interrupts a collection.
@@ -50,6 +52,7 @@ from bot.dialogue.handoff import HandoffNotifier
 from bot.dialogue.intent import IntentRecognizer, IntentResult
 from bot.dialogue.loader import load_graph
 from bot.dialogue.sentiment import Sentiment, analyze
+from bot.dialogue.waiting import WaitingCare
 from bot.metrics import Metrics
 from bot.notify import WebhookNotifier
 from bot.state import DialogueState, Handoff, HistoryTurn
@@ -121,6 +124,7 @@ class DialogueManager:
         context_tokens: int,
         max_new_tokens: int,
         notifier: HandoffNotifier | None = None,
+        waiting: WaitingCare | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -134,6 +138,7 @@ class DialogueManager:
         self.context_tokens = context_tokens
         self.max_new_tokens = max_new_tokens
         self.notifier = notifier
+        self.waiting = waiting  # None: silent while handed off
         self.clock = clock
         self._counters = _Counters(metrics)
         for node in graph.nodes.values():
@@ -165,7 +170,9 @@ class DialogueManager:
                 await self._run(turn, self.graph.entry, stream)
             return TurnResult(self._state(state, turn, record_user=False), self._replies(turn))
         if not text:
-            if not state.handed_off:
+            if state.handed_off:
+                await self._wait_for_agent(turn, stream)
+            else:
                 self._say(turn, messages.text("attachment_only" if event.attachments else "unsupported", lang),
                           "system")
             return TurnResult(self._state(state, turn, note="[attachment]"), self._replies(turn))
@@ -178,8 +185,9 @@ class DialogueManager:
             turn.angry_messages += 1
             log.info("angry message in %s (%s)", event.ref.key, ", ".join(turn.sentiment.terms))
         command = self._command(turn.norm)
-        if state.handed_off and command != "restart":  # a person has it: record the message for them, say nothing
-            return TurnResult(self._state(state, turn))
+        if state.handed_off and command != "restart":  # a person has it: record the message for them
+            await self._wait_for_agent(turn, stream)
+            return TurnResult(self._state(state, turn), self._replies(turn))
 
         if command == "restart":  # also leaves a handoff: a customer tired of waiting is never stuck
             turn.slots.clear()
@@ -231,6 +239,25 @@ class DialogueManager:
         if any(p.search(norm) for p in self.graph.handoff_commands):
             return "handoff"
         return None
+
+    async def _wait_for_agent(self, turn: _Turn, stream: StreamFn) -> None:
+        """A message while a person has the conversation: recorded for them; the customer hears only
+        what bot/dialogue/waiting.py decides (and, once nobody answered in time, an FAQ answer)."""
+        if self.waiting is None:
+            return
+        now = self.clock()
+        handoff = turn.handoff or Handoff("agent", turn.node, now)
+        step = self.waiting.on_message(handoff, turn.text, now, turn.lang)
+        turn.handoff = step.handoff
+        for said, quick in step.says:
+            self._say(turn, said, "system", quick)
+        if step.release:  # the customer chose the bot over waiting; an agent's reply still reaches them
+            turn.handed_off = False
+            turn.handoff = None
+            turn.node = None
+            turn.angry_messages = turn.invalid_answers = 0
+        elif step.may_answer and turn.text and self._faq_score(turn) >= self.faq.threshold:
+            await self._answer_faq(turn, stream)
 
     # ------------------------------------------------------------------ routing
     async def _route(self, turn: _Turn, stream: StreamFn) -> None:
@@ -345,7 +372,11 @@ class DialogueManager:
             self._say_answer(turn, await self._llm(turn, node, stream), quick)
         elif node.kind == "handoff":
             assert node.text is not None
-            self._say(turn, render(node.text.get(lang), turn.slots), "dialogue", quick)
+            said = render(node.text.get(lang), turn.slots)
+            if self.waiting is not None:  # one message: the node's words, then the hours or when a person answers
+                note, offer = self.waiting.on_handoff(self.clock(), lang)
+                said, quick = f"{said}\n{note}", (*quick, *offer)
+            self._say(turn, said, "dialogue", quick)
             reason = turn.handoff_reason or node.reason
             turn.handoff_reason = reason
             turn.handed_off = True
@@ -509,5 +540,6 @@ def build_manager(services: Services) -> DialogueManager:
         context_tokens=cfg.engine.context_tokens,
         max_new_tokens=cfg.engine.max_new_tokens,
         notifier=notifier,
+        waiting=WaitingCare.from_config(cfg.handoff),
         metrics=services.metrics,
     )

@@ -58,16 +58,32 @@ class Handoff:
     reason: str  # a key of bot.dialogue.handoff.REASONS, or a graph node's own reason
     node: str | None = None  # the handoff node, or where the conversation waited when an agent stepped in
     since: float = 0.0  # time.time() of the handoff
+    # While waiting (bot/dialogue/waiting.py; JSON keys in brackets, left out at their default):
+    agent_at: float = 0.0  # ["agent_at"] when an agent last replied (0: none yet)
+    waiting_since: float = 0.0  # ["wait"] since when the customer waits for a person (0: an agent answered last)
+    noted: bool = False  # ["noted"] told outside service hours that the message is kept for the agent
+    late: bool = False  # ["late"] told that no agent replied in time (and offered the bot)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "node": self.node, "at": self.since}
+        out: dict[str, Any] = {"reason": self.reason, "node": self.node, "at": self.since}
+        if self.agent_at:
+            out["agent_at"] = self.agent_at
+        if self.waiting_since:
+            out["wait"] = self.waiting_since
+        if self.noted:
+            out["noted"] = True
+        if self.late:
+            out["late"] = True
+        return out
 
     @classmethod
     def from_dict(cls, raw: object) -> Handoff | None:
         if not isinstance(raw, Mapping) or not raw.get("reason"):
             return None
         node = raw.get("node")
-        return cls(reason=str(raw["reason"]), node=str(node) if node else None, since=_float(raw.get("at")))
+        return cls(reason=str(raw["reason"]), node=str(node) if node else None, since=_float(raw.get("at")),
+                   agent_at=_float(raw.get("agent_at")), waiting_since=_float(raw.get("wait")),
+                   noted=bool(raw.get("noted")), late=bool(raw.get("late")))
 
 
 def ref_to_dict(ref: ConversationRef) -> dict[str, Any]:

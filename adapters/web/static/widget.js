@@ -6,6 +6,24 @@
  *           data-greeting="您好，请问有什么可以帮您？" data-color="#1677ff" data-position="right"
  *           data-lang="zh" async></script>
  *
+ * Language: data-lang ("zh" or "en"), else the page's <html lang> (zh*, en*), else Chinese. The browser's own
+ * language is not used: the page decides, so a Chinese shop stays Chinese for every visitor.
+ *
+ * Every text can be replaced on the script tag (an empty data-greeting shows no greeting):
+ *   data-title          header title                  data-status          status line while connected
+ *   data-greeting       first bot bubble (markdown)   data-offline         status line while reconnecting
+ *   data-placeholder    input placeholder             data-typing          "bot is typing" (screen readers)
+ *   data-input-label    input aria-label              data-send-label      send button aria-label
+ *   data-open-label     launcher aria-label           data-unread-label    launcher aria-label with unread answers
+ *   data-close-label    close button aria-label       data-log-label       message list aria-label
+ *   data-quick-label    quick replies aria-label      data-rate-label      thumbs group aria-label
+ *   data-helpful        thumbs-up label/title         data-unhelpful       thumbs-down label/title
+ *   data-thanks         after a vote                  data-failed          on a message not sent
+ *   data-retry          the retry link                data-rate-limited    notice on 429
+ *   data-busy           notice on 503                 data-too-long        too long ("{n}" is the limit)
+ *   data-error          any other failure             data-powered         footer line
+ *   data-you-says       "I said:" (screen readers)    data-bot-says        "Agent said:" (screen readers)
+ *
  * Everything lives in an open shadow root, so the host page's CSS cannot reach in and ours cannot leak
  * out. Nothing received from the server or typed by the visitor is ever parsed as HTML: messages are
  * built from DOM nodes and text nodes only (see renderMarkdown), so markup in an answer shows as text.
@@ -19,19 +37,27 @@
   var VERSION = "1.0.0";
   var SVG_NS = "http://www.w3.org/2000/svg";
 
+  /*
+   * Every text a visitor can see or hear (labels, aria-labels, titles, notices) comes from this table, so the widget
+   * never speaks English on a Chinese page. Each key can be overridden on the script tag by the data-* attribute of
+   * the same name in kebab case (placeholder -> data-placeholder, rateLimited -> data-rate-limited); see the header.
+   */
   var STRINGS = {
     zh: {
       title: "在线客服",
       greeting: "您好，请问有什么可以帮您？",
       status: "在线 · 通常几秒内回复",
       offline: "连接中断，正在重新连接…",
-      open: "打开在线客服",
-      close: "关闭对话窗口",
-      log: "聊天记录",
-      input: "输入您的问题",
-      placeholder: "请输入您的问题，Enter 发送",
-      send: "发送",
+      openLabel: "打开在线客服",
+      unreadLabel: "打开在线客服（有新消息）",
+      closeLabel: "关闭对话窗口",
+      logLabel: "聊天记录",
+      inputLabel: "输入您的问题",
+      placeholder: "请输入您的问题，按回车发送",
+      sendLabel: "发送",
       typing: "客服正在输入…",
+      quickLabel: "快捷回复",
+      rateLabel: "这个回答有帮助吗？",
       helpful: "有帮助",
       unhelpful: "没有帮助",
       thanks: "感谢您的反馈！",
@@ -41,9 +67,8 @@
       retry: "重新发送",
       tooLong: "消息太长了，请精简到 {n} 字以内。",
       error: "网络好像出了点问题，请稍后再试。",
-      newMessage: "新消息",
-      you: "我",
-      bot: "客服",
+      youSays: "我说：",
+      botSays: "客服说：",
       powered: "由 kefu-hub 提供智能客服"
     },
     en: {
@@ -51,13 +76,16 @@
       greeting: "Hi! How can we help you today?",
       status: "Online · usually replies in seconds",
       offline: "Connection lost, reconnecting…",
-      open: "Open customer service chat",
-      close: "Close chat",
-      log: "Conversation",
-      input: "Type your question",
+      openLabel: "Open customer service chat",
+      unreadLabel: "Open customer service chat (new message)",
+      closeLabel: "Close chat",
+      logLabel: "Conversation",
+      inputLabel: "Type your question",
       placeholder: "Type your question, Enter to send",
-      send: "Send",
+      sendLabel: "Send",
       typing: "Agent is typing…",
+      quickLabel: "Quick replies",
+      rateLabel: "Was this answer helpful?",
       helpful: "Helpful",
       unhelpful: "Not helpful",
       thanks: "Thanks for your feedback!",
@@ -67,9 +95,8 @@
       retry: "Send again",
       tooLong: "That message is too long; please keep it under {n} characters.",
       error: "Something went wrong with the connection. Please try again.",
-      newMessage: "New message",
-      you: "You",
-      bot: "Agent",
+      youSays: "You said: ",
+      botSays: "Agent said: ",
       powered: "Customer service by kefu-hub"
     }
   };
@@ -165,17 +192,32 @@
   var ds = (script && script.dataset) || {};
   var botUrl = (ds.botUrl || (script && script.src ? new URL(script.src, location.href).origin : location.origin))
     .replace(/\/+$/, "");
-  var lang = pickLang(ds.lang);
-  var T = STRINGS[lang];
-  var title = ds.title || T.title;
-  var greeting = ds.greeting != null ? ds.greeting : T.greeting;
+  var lang = langOf(ds.lang) || langOf(document.documentElement.getAttribute("lang")) || "zh";
+  var T = texts(STRINGS[lang], ds);
+  var title = T.title;
+  var greeting = T.greeting;
   var color = /^#(?:[0-9a-fA-F]{3}){1,2}$/.test(ds.color || "") ? ds.color : "#1677ff";
   var position = ds.position === "left" ? "left" : "right";
   var STORE_KEY = "kefu-hub:" + botUrl;
 
-  function pickLang(wanted) {
-    var l = (wanted || navigator.language || "zh").toLowerCase();
-    return l.indexOf("zh") === 0 ? "zh" : "en";
+  // The page says which language it is written in; the browser's own language is not asked: a Chinese shop's page
+  // stays Chinese for a visitor whose browser is set to English.
+  function langOf(value) {
+    var l = String(value || "").trim().toLowerCase();
+    if (/^zh(?:$|[-_])/.test(l) || l === "cn" || l === "chinese") return "zh";
+    if (/^en(?:$|[-_])/.test(l) || l === "english") return "en";
+    return null;
+  }
+
+  // The language's texts, each replaced by the script tag's data-* attribute of the same name where it has one.
+  // An empty data-greeting means no greeting; other empty attributes keep the default.
+  function texts(defaults, data) {
+    var out = {};
+    Object.keys(defaults).forEach(function (key) {
+      var v = data[key];
+      out[key] = v != null && (v !== "" || key === "greeting") ? v : defaults[key];
+    });
+    return out;
   }
 
   function onColor(hex) { // readable text on the brand colour
@@ -299,22 +341,22 @@
 
   var badge = el("span", { class: "kf-badge", hidden: "" });
   var launcher = el("button", {
-    class: "kf-launcher", type: "button", "aria-label": T.open, "aria-expanded": "false",
+    class: "kf-launcher", type: "button", "aria-label": T.openLabel, "aria-expanded": "false",
     "aria-controls": "kf-panel", "aria-haspopup": "dialog"
   }, [icon("chat"), badge]);
   var statusText = el("span", { text: T.status });
-  var closeBtn = el("button", { class: "kf-close", type: "button", "aria-label": T.close }, [icon("close")]);
-  var messagesEl = el("div", { class: "kf-messages", role: "log", "aria-live": "polite", "aria-label": T.log, tabindex: "0" });
+  var closeBtn = el("button", { class: "kf-close", type: "button", "aria-label": T.closeLabel }, [icon("close")]);
+  var messagesEl = el("div", { class: "kf-messages", role: "log", "aria-live": "polite", "aria-label": T.logLabel, tabindex: "0" });
   var notice = el("div", { class: "kf-notice", role: "status", "aria-live": "assertive", hidden: "" });
   var input = el("textarea", {
-    class: "kf-input", rows: "1", "aria-label": T.input, placeholder: T.placeholder, maxlength: "2000",
+    class: "kf-input", rows: "1", "aria-label": T.inputLabel, placeholder: T.placeholder, maxlength: "2000",
     enterkeyhint: "send", autocomplete: "off"
   });
-  var sendBtn = el("button", { class: "kf-send", type: "submit", "aria-label": T.send, disabled: "" }, [icon("send")]);
+  var sendBtn = el("button", { class: "kf-send", type: "submit", "aria-label": T.sendLabel, disabled: "" }, [icon("send")]);
   var form = el("form", { class: "kf-composer", novalidate: "" }, [input, sendBtn]);
   var panel = el("section", {
     class: "kf-panel", id: "kf-panel", role: "dialog", "aria-modal": "false", "aria-labelledby": "kf-title",
-    lang: lang === "zh" ? "zh-CN" : "en", hidden: ""
+    hidden: ""
   }, [
     el("header", { class: "kf-header" }, [
       el("div", { class: "kf-avatar", "aria-hidden": "true" }, [icon("agent")]),
@@ -327,7 +369,7 @@
     messagesEl, notice, form,
     el("div", { class: "kf-footer", text: T.powered })
   ]);
-  var root = el("div", { class: "kf", "data-position": position }, [launcher, panel]);
+  var root = el("div", { class: "kf", "data-position": position, lang: lang === "zh" ? "zh-CN" : "en" }, [launcher, panel]);
   root.style.setProperty("--kf-color", color);
   root.style.setProperty("--kf-on-color", onColor(color));
   shadow.appendChild(root);
@@ -355,14 +397,14 @@
     var bubble = el("div", { class: "kf-bubble" });
     renderMarkdown(greeting, bubble);
     messagesEl.appendChild(el("div", { class: "kf-row kf-bot kf-greeting" }, [
-      el("span", { class: "kf-sr", text: T.bot + "：" }), bubble
+      el("span", { class: "kf-sr", text: T.botSays }), bubble
     ]));
   }
 
   function addUser(mid, text, opts) {
     if (mid && S.users[mid]) return S.users[mid];
     var row = el("div", { class: "kf-row kf-user", "data-message-id": mid || null }, [
-      el("span", { class: "kf-sr", text: T.you + "：" }),
+      el("span", { class: "kf-sr", text: T.youSays }),
       el("div", { class: "kf-bubble", text: text })
     ]);
     row._text = text;
@@ -392,7 +434,7 @@
     if (a) return a;
     var bubble = el("div", { class: "kf-bubble" });
     var row = el("div", { class: "kf-row kf-bot kf-streaming", "data-message-id": mid, "data-streamed": "0", "aria-busy": "true" }, [
-      el("span", { class: "kf-sr", text: T.bot + "：" }), bubble
+      el("span", { class: "kf-sr", text: T.botSays }), bubble
     ]);
     a = S.answers[mid] = { row: row, bubble: bubble, text: "", cps: 0, streamed: 0, final: false };
     var typing = S.typing[mid];
@@ -443,7 +485,7 @@
       row._bubble = a.bubble;
     } else {
       var bubble = el("div", { class: "kf-bubble" });
-      row = el("div", { class: "kf-row kf-bot" }, [el("span", { class: "kf-sr", text: T.bot + "：" }), bubble]);
+      row = el("div", { class: "kf-row kf-bot" }, [el("span", { class: "kf-sr", text: T.botSays }), bubble]);
       row._bubble = bubble;
       messagesEl.appendChild(row);
     }
@@ -486,14 +528,14 @@
     }
     up.addEventListener("click", function () { vote("up"); });
     down.addEventListener("click", function () { vote("down"); });
-    return el("div", { class: "kf-actions" }, [up, down]);
+    return el("div", { class: "kf-actions", role: "group", "aria-label": T.rateLabel }, [up, down]);
   }
 
   var quickRow = null;
   function setQuickReplies(row, choices) {
     clearQuickReplies();
     if (!choices.length) return;
-    quickRow = el("div", { class: "kf-quick", role: "group" });
+    quickRow = el("div", { class: "kf-quick", role: "group", "aria-label": T.quickLabel });
     choices.slice(0, 6).forEach(function (choice) {
       var b = el("button", { type: "button", text: choice });
       b.addEventListener("click", function () { send(choice); });
@@ -531,7 +573,7 @@
 
   function setUnread(on) {
     badge.hidden = !on;
-    launcher.setAttribute("aria-label", on ? T.open + "（" + T.newMessage + "）" : T.open);
+    launcher.setAttribute("aria-label", on ? T.unreadLabel : T.openLabel);
   }
 
   function setOnline(on) {
@@ -818,5 +860,5 @@
   }
   if (document.body) mount(); else document.addEventListener("DOMContentLoaded", mount);
 
-  window.KefuWidget = { open: open, close: close, toggle: function () { if (S.open) close(); else open(); }, version: VERSION };
+  window.KefuWidget = { open: open, close: close, toggle: function () { if (S.open) close(); else open(); }, version: VERSION, lang: lang };
 })();

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,60 @@ CHROMIUM = os.environ.get("KEFU_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 BOT = ".kf-row.kf-bot[data-answer-id]"
+ROOT = Path(__file__).resolve().parents[3]
+WIDGET_JS = ROOT / "adapters" / "web" / "static" / "widget.js"
+OWN_PAGE = "/own-page.html"  # answered by the browser itself, see open_page
+
+
+def widget_page(html_lang: str | None, attrs: str = "") -> str:
+    """A bare page on the hub's origin that embeds the widget, in the given ``<html lang>`` (None: no lang)."""
+    lang = "" if html_lang is None else f' lang="{html_lang}"'
+    return (f'<!doctype html><html{lang}><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"><title>Shop</title></head><body>'
+            f'<script src="/widget.js" {attrs}></script></body></html>')
+
+
+# Every text the widget shows or reads out, except the bubbles of the conversation itself (the greeting counts).
+UI_TEXTS = """() => {
+    const root = document.querySelector('[data-kefu-widget]').shadowRoot.querySelector('.kf').cloneNode(true);
+    root.querySelectorAll('.kf-row:not(.kf-greeting) .kf-bubble').forEach(b => b.remove());
+    const out = [root.textContent];
+    root.querySelectorAll('*').forEach(e => ['aria-label', 'placeholder', 'title'].forEach(a => {
+        if (e.getAttribute(a)) out.push(e.getAttribute(a));
+    }));
+    return out.join(' ');
+}"""
+
+
+def english_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[A-Za-z]{2,}", text) if w not in {"kefu", "hub"}]
+
+
+def chinese(text: str) -> list[str]:
+    return re.findall(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]", text)
+
+
+async def labels(page: Any) -> dict[str, str | None]:
+    """The labels a visitor meets first, as the widget shows them."""
+    return {
+        "launcher": await page.locator(".kf-launcher").get_attribute("aria-label"),
+        "title": await page.locator(".kf-title").inner_text(),
+        "status": await page.locator(".kf-status").inner_text(),
+        "placeholder": await page.locator(".kf-input").get_attribute("placeholder"),
+        "input": await page.locator(".kf-input").get_attribute("aria-label"),
+        "send": await page.locator(".kf-send").get_attribute("aria-label"),
+        "close": await page.locator(".kf-close").get_attribute("aria-label"),
+        "footer": await page.locator(".kf-footer").inner_text(),
+    }
+
+
+async def open_widget(page: Any) -> None:
+    await page.locator(".kf-launcher").click()
+    await page.locator(".kf-panel").wait_for(state="visible")
+    # connected: the status line shows the online text, not the reconnecting one
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-kefu-widget]').shadowRoot.querySelector('.kf-offline') && "
+        "window.KefuWidget", timeout=15_000)
 
 
 @pytest.fixture
@@ -53,8 +108,18 @@ async def browser(chromium: str) -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def open_page(browser: Any, url: str, *, locale: str = "zh-CN", **context: Any) -> tuple[Any, Any, list]:
+async def open_page(
+    browser: Any, url: str, *, locale: str = "zh-CN", html: str | None = None, **context: Any
+) -> tuple[Any, Any, list]:
+    """Open ``url`` in a fresh context. With ``html``, that page is the given HTML on the hub's own origin: the
+    hub's router is frozen once it runs, so the browser answers for this one page itself, while widget.js and every
+    API call still go to the real hub."""
     ctx = await browser.new_context(locale=locale, **context)
+    if html is not None:
+        async def fulfill(route: Any) -> None:
+            await route.fulfill(status=200, content_type="text/html; charset=utf-8", body=html)
+
+        await ctx.route(url, fulfill)
     page = await ctx.new_page()
     problems: list[str] = []
     page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
@@ -215,7 +280,7 @@ async def test_widget_on_a_phone_in_english_with_rate_limit(
 ) -> None:
     server, _ = await web_server({"web.rate_per_session_per_min": 1})
     ctx, page, problems = await open_page(
-        browser, str(server.make_url("/")), locale="en-US",
+        browser, str(server.make_url(OWN_PAGE)), html=widget_page("en"), locale="en-US",
         viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2,
         reduced_motion="reduce")
     launcher = page.locator(".kf-launcher")
@@ -297,3 +362,101 @@ async def test_widget_embedded_on_another_site(web_server: WebServerFactory, bro
     finally:
         await allowed.close()
         await refused.close()
+
+
+ZH_LABELS = {
+    "launcher": "打开在线客服", "title": "在线客服", "status": "在线 · 通常几秒内回复",
+    "placeholder": "请输入您的问题，按回车发送", "input": "输入您的问题", "send": "发送", "close": "关闭对话窗口",
+    "footer": "由 kefu-hub 提供智能客服",
+}
+EN_LABELS = {
+    "launcher": "Open customer service chat", "title": "Customer service",
+    "status": "Online · usually replies in seconds",
+    "placeholder": "Type your question, Enter to send", "input": "Type your question", "send": "Send",
+    "close": "Close chat", "footer": "Customer service by kefu-hub",
+}
+
+
+async def test_widget_speaks_the_page_language(
+    web_server: WebServerFactory, browser: Any, artifacts_dir: Path
+) -> None:
+    server, _ = await web_server()
+
+    # the demo page is lang="zh-CN": Chinese everywhere, even for a browser set to English
+    ctx, page, problems = await open_page(browser, str(server.make_url("/")), locale="en-US")
+    await open_widget(page)
+    assert await page.evaluate("() => KefuWidget.lang") == "zh"
+    assert await labels(page) == ZH_LABELS
+    assert await page.locator(".kf").get_attribute("lang") == "zh-CN"
+    assert english_words(await page.evaluate(UI_TEXTS)) == []
+    answer = await ask(page, "如何重置密码？")  # an answer brings the thumbs and their group
+    assert await answer.locator(".kf-thumb-up").get_attribute("title") == "有帮助"
+    assert await answer.locator(".kf-thumb-down").get_attribute("aria-label") == "没有帮助"
+    assert await answer.locator(".kf-actions").get_attribute("aria-label") == "这个回答有帮助吗？"
+    assert english_words(await page.evaluate(UI_TEXTS)) == []
+    await page.screenshot(path=str(artifacts_dir / "widget-zh-on-english-browser.png"))
+    assert problems == []
+    await ctx.close()
+
+    # an English page: English everywhere, even for a browser set to Chinese
+    ctx, page, problems = await open_page(browser, str(server.make_url(OWN_PAGE)), html=widget_page("en-GB"))
+    await open_widget(page)
+    assert await labels(page) == EN_LABELS
+    assert await page.locator(".kf-greeting .kf-bubble").inner_text() == "Hi! How can we help you today?"
+    answer = await ask(page, "如何重置密码？")
+    assert await answer.locator(".kf-thumb-up").get_attribute("aria-label") == "Helpful"
+    ui = await page.evaluate(UI_TEXTS)
+    assert chinese(ui) == [], ui
+    await page.screenshot(path=str(artifacts_dir / "widget-en.png"))
+    assert problems == []
+    await ctx.close()
+
+    # data-lang beats the page's lang; a page without a (known) lang gets Chinese
+    for html_lang, attrs, locale, want in [("zh-CN", 'data-lang="en"', "zh-CN", EN_LABELS),
+                                           ("en", 'data-lang="zh-Hans"', "en-US", ZH_LABELS),
+                                           (None, "", "en-US", ZH_LABELS),
+                                           ("fr", "", "en-US", ZH_LABELS)]:
+        ctx, page, problems = await open_page(
+            browser, str(server.make_url(OWN_PAGE)), html=widget_page(html_lang, attrs), locale=locale)
+        await page.locator(".kf-launcher").wait_for(state="attached")
+        assert await page.locator(".kf-launcher").get_attribute("aria-label") == want["launcher"], (html_lang, attrs)
+        assert await page.locator(".kf-input").get_attribute("placeholder") == want["placeholder"], (html_lang, attrs)
+        assert problems == []
+        await ctx.close()
+
+
+async def test_widget_texts_from_data_attributes(web_server: WebServerFactory, browser: Any) -> None:
+    server, _ = await web_server()
+    attrs = ('data-placeholder="说说您遇到的问题吧" data-status="客服小云在线" data-send-label="提交" '
+             'data-title="云朵客服" data-greeting="" data-powered=""')
+    ctx, page, problems = await open_page(browser, str(server.make_url(OWN_PAGE)), html=widget_page("zh-CN", attrs))
+    await open_widget(page)
+    assert await labels(page) == {**ZH_LABELS, "placeholder": "说说您遇到的问题吧", "status": "客服小云在线",
+                                  "send": "提交", "title": "云朵客服"}  # an empty data-powered keeps the default
+    assert await page.locator(".kf-greeting").count() == 0  # an empty data-greeting: no greeting
+    assert problems == []
+    await ctx.close()
+
+    # an override wins over the English defaults too
+    ctx, page, problems = await open_page(
+        browser, str(server.make_url(OWN_PAGE)), html=widget_page("en", 'data-placeholder="Ask us anything"'))
+    await page.locator(".kf-launcher").wait_for(state="attached")
+    assert await page.locator(".kf-input").get_attribute("placeholder") == "Ask us anything"
+    assert await page.locator(".kf-send").get_attribute("aria-label") == "Send"
+    assert problems == []
+    await ctx.close()
+
+
+def test_every_widget_text_is_documented() -> None:
+    """Each text key has both languages, and its data-* attribute is named in widget.js's header and the README."""
+    source = WIDGET_JS.read_text(encoding="utf-8")
+    tables = re.search(r"var STRINGS = \{\s*zh: \{(.*?)\},\s*en: \{(.*?)\}\s*\};", source, re.S)
+    assert tables is not None
+    zh, en = (re.findall(r"^\s*(\w+):", block, re.M) for block in tables.groups())
+    assert zh == en and len(zh) > 20
+    header = source[:source.index("(function")]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for key in zh:
+        attr = "data-" + re.sub(r"[A-Z]", lambda m: "-" + m.group(0).lower(), key)
+        assert attr in header, attr
+        assert attr in readme, attr

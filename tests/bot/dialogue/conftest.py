@@ -34,8 +34,12 @@ async def webhook() -> AsyncIterator[Webhook]:
 
 @pytest.fixture
 async def server(webhook: Webhook) -> AsyncIterator[TestServer]:
-    """The default configuration (memory state) with the admin API and the webhook on."""
-    srv = await start_server(make_config({"admin.token": ADMIN_TOKEN, "dialogue.handoff_webhook_url": webhook.url}))
+    """The default configuration (memory state) with the admin API and the webhook on; agents on duty
+    around the clock, so what a waiting customer hears does not depend on when the tests run
+    (tests/bot/dialogue/test_handoff_care.py checks the hours with a fake clock)."""
+    always = {f"handoff.hours.{day}": "00:00-24:00" for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+    srv = await start_server(make_config({"admin.token": ADMIN_TOKEN, "dialogue.handoff_webhook_url": webhook.url,
+                                          **always}))
     yield srv
     await srv.close()
 
