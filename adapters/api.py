@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import hmac
 import logging
-import math
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -43,7 +42,7 @@ from adapters.web.ratelimit import RateLimiter, client_address, key_client
 from bot import codec
 from bot.decode import DecodeError, JsonObject
 from bot.http import HttpError, bearer_token, json_response, read_fields
-from bot.hub import Overloaded, StoreUnavailable
+from bot.hub import Overloaded, StoreUnavailable, share_limits
 from bot.privacy.pii import redact
 from bot.replybus import ReplyWaiters, send_replies
 from bot.services import Services
@@ -73,7 +72,7 @@ class ApiInbound:
         # Requests waiting for their answer in this process: at most /chat's share of the pending budget,
         # so a flood of /chat cannot fill the queue that WeCom's and DingTalk's events need (the in-process
         # inbox also counts its share per channel; with RabbitMQ this is the gateway's own bound).
-        self.max_in_flight = max(1, math.floor(self.cfg.hub.max_pending * self.cfg.api.pending_share))
+        self.max_in_flight = share_limits(self.cfg.hub.max_pending, {CHANNEL: self.cfg.api.pending_share})[CHANNEL]
         self.in_flight = 0
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:

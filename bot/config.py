@@ -17,7 +17,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bot.logsafe import SECRET_KEY
 from bot.service_hours import ServiceHours, parse_day
 from engine.config import EngineConfig, OpenAIConfig  # noqa: F401 - both re-exported; engine/ owns them
 
@@ -368,7 +367,6 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-SECRET_NAME = SECRET_KEY  # config keys whose values are never printed (bot.logsafe decides)
 
 
 def _kind(value: Any) -> str:

@@ -66,14 +66,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json_object(request: web.Request, limit: int, *, optional: bool = False) -> dict[str, Any]:
-    """The body as a JSON object under the shared limits (bot/decode.py), 400 otherwise;
-    ``optional``: an empty body is ``{}``."""
-    return dict((await read_fields(request, limit, optional=optional)).data)
-
-
 async def read_fields(request: web.Request, limit: int, *, optional: bool = False) -> JsonObject:
-    """Like :func:`read_json_object`, with typed field accessors."""
+    """The body as a JSON object under the shared limits (bot/decode.py), 400 otherwise, with typed field
+    accessors; ``optional``: an empty body is ``{}``."""
     body = await read_body(request, limit)
     return loads_object(body, optional=optional)
 

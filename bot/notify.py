@@ -19,6 +19,8 @@ from typing import Protocol
 
 import aiohttp
 
+from bot.outbound import http_timeout
+
 # U+200B ZERO WIDTH SPACE: invisible, so the text reads (and copies, but for these spots) as typed, yet no
 # markdown parser joins markup across it
 ZWSP = "\u200b"
@@ -69,7 +71,7 @@ class WebhookNotifier:
     def __init__(self, url: str, session: Callable[[], aiohttp.ClientSession], timeout_s: float = 10.0) -> None:
         self.url = url
         self._session = session  # the shared services.http session, looked up when used
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout_s, sock_read=timeout_s)
+        self._timeout = http_timeout(timeout_s)
 
     async def notify(self, title: str, text: str) -> None:
         body = {"title": literal_title(title), "text": literal_markdown(text), "source": "kefu-hub"}

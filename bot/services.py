@@ -99,7 +99,7 @@ class Services:
 
         try:
             checks_in = InputFilter.from_config(self.config, self.metrics, notifier=getattr(handler, "notifier", None))
-        except (BlocklistError, OSError) as exc:
+        except BlocklistError as exc:  # a missing or unreadable file too
             raise ConfigError(f"safety.blocklist_path: {exc}") from None
         checks_out = OutputFilter(
             self.config.safety.output, self.metrics, blocklist=checks_in.blocklist,

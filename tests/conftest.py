@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
@@ -93,6 +94,13 @@ def private_rabbit() -> Iterator[PrivateRabbit]:
 def key_prefix() -> str:
     """A fresh prefix per test so tests never see each other's keys."""
     return f"kefutest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for talking to the servers a test starts."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

@@ -415,7 +415,8 @@ class StreamReader:
         watch = self._watches.get(key)
         fresh = watch is None
         if watch is None:
-            self._drop_idle(room_for=1)
+            if len(self._watches) >= self.max_watched:  # the read loop sweeps lingering ones; here only room
+                self._drop_idle(room_for=1)
             watch = self._watches[key] = _Watch(after)
         watch.readers += 1
         try:

@@ -14,9 +14,8 @@ Every refusal carries ``Retry-After``; the widget waits at least that long befor
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from bot.http import HttpError
 
@@ -35,12 +34,6 @@ class StreamSlots:
     @property
     def open(self) -> int:
         return self._open
-
-    def sessions(self, session_id: str) -> int:
-        return self._sessions[session_id]
-
-    def addresses(self, address: str) -> int:
-        return self._addresses[address]
 
     def check(self, session_id: str, address: str) -> None:
         """Raise the refusal a new stream would get now (before the response is started)."""
@@ -70,15 +63,6 @@ class StreamSlots:
                 _drop(self._addresses, address)
 
         return release
-
-    @contextlib.contextmanager
-    def hold(self, session_id: str, address: str) -> Iterator[None]:
-        """A place for one stream for as long as the block runs."""
-        release = self.take(session_id, address)
-        try:
-            yield
-        finally:
-            release()
 
 
 def _drop(counter: Counter[str], key: str) -> None:

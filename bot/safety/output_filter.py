@@ -114,9 +114,6 @@ class Given:
             return False
         return canonical in self.values or (bool(self.digests) and digest(self.key, canonical) in self.digests)
 
-    def __or__(self, other: Given) -> Given:
-        return Given(self.values | other.values, self.digests | other.digests, self.key or other.key)
-
 
 def digest(key: bytes, canonical: str) -> str:
     """A keyed digest of one value: without the key a phone number cannot be found from it by trying them all."""
@@ -226,13 +223,13 @@ class OutputChecker:
         return out
 
     def given(self, ctx: TurnContext) -> Given:
-        """Personal data the customer (or a person on our side) gave in this conversation."""
+        """Personal data the customer (or a person on our side) gave in this conversation: the values in this
+        message, and the digests on earlier turns (their stored text is redacted, so scanning it finds none)."""
         texts = [ctx.event.text or "", ctx.event.context or ""]
         digests: set[str] = set()
         if ctx.state is not None:
             for turn in ctx.state.history:
                 if turn.role in CUSTOMER_ROLES:
-                    texts.append(turn.text)
                     digests.update(str(d) for d in turn.meta.get(DIGESTS) or ())
         return Given(frozenset(self.values_in(texts)), frozenset(digests), self.key)
 
@@ -371,9 +368,9 @@ class OutputFilter:
         if not self.cfg.enabled or not ctx.replies:
             return
         guard = ctx.stream if isinstance(ctx.stream, StreamGuard) else None
-        given = self.checker.given(ctx)
-        if guard is not None:
-            given = given | guard.given  # the state before the dialogue may have held more of the history
+        # the guard's, taken before the dialogue: this message's values and every earlier turn's digests
+        # (the dialogue only adds this turn, without digests yet, and may trim the oldest)
+        given = guard.given if guard is not None else self.checker.given(ctx)
         out: list[Reply] = []
         replaced: list[tuple[str, str]] = []
         for reply in ctx.replies:

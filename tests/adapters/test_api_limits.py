@@ -48,11 +48,6 @@ async def serve() -> AsyncIterator[Any]:
         await server.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
 
 async def chat(http: aiohttp.ClientSession, server: TestServer, query: str = "如何重置密码",
                headers: dict[str, str] | None = None, **extra: Any) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -120,11 +120,6 @@ async def endpoints() -> AsyncIterator[Endpoints]:
     await e.server.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
 
 def notifiers(endpoints: Endpoints, http: aiohttp.ClientSession) -> list[Any]:
     kv, keys = MemoryKV(), Keys("t")

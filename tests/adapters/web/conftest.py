@@ -102,11 +102,6 @@ async def web_server(faq_path: str) -> AsyncIterator[WebServerFactory]:
         await server.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
 
 async def new_session(http: aiohttp.ClientSession, server: TestServer) -> dict[str, Any]:
     async with http.post(server.make_url("/api/web/session"), json={}) as resp:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -16,12 +15,6 @@ from bot.state.kv import RedisKV
 from bot.state.shared import WindowGate
 
 from .fake_wecom import FakeWecom
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def _token(fake: FakeWecom, kv: RedisKV, keys: Keys, http: aiohttp.ClientSession, secret: str = "s") -> AccessToken:

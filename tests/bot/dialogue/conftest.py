@@ -16,12 +16,6 @@ from .helpers import ADMIN_TOKEN, Admin, Webhook
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def webhook() -> AsyncIterator[Webhook]:
     hook = Webhook()
     app = web.Application()
