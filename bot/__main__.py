@@ -1,4 +1,4 @@
-"""Command line: ``python -m bot serve | faq-eval | check-config``."""
+"""Command line: ``python -m bot serve | faq-eval | intent-eval | check-config | data clean``."""
 
 from __future__ import annotations
 
@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     intent = sub.add_parser("intent-eval", help="print intent accuracy on the held-out cases")
     intent.add_argument("--cases", default=None, help="default: dialogue.intents_eval_path")
     intent.set_defaults(func=cmd_intent_eval)
-    for p in (serve, faq, check, intent):
+    from bot.learning.cli import add_commands as add_learning_commands
+
+    learning = add_learning_commands(sub, _load)
+    for p in (serve, faq, check, intent, *learning):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -1,0 +1,1 @@
+"""The learning loop: training records from past conversations, cleaned for fine-tuning."""
