@@ -39,7 +39,7 @@ docs: $(VENV)/.run-deps
 	$(BIN)/python scripts/config_table.py --write
 
 faq-eval: $(VENV)/.run-deps
-	$(BIN)/python -m bot faq-eval
+	$(BIN)/python -m bot faq-eval $(FAQ_EVAL_ARGS)  # FAQ_EVAL_ARGS=--holdout adds the held-out set
 
 clean:
 	rm -rf $(VENV) .cache artifacts .pytest_cache

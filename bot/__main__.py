@@ -1,4 +1,4 @@
-"""Command line: ``python -m bot serve | faq-eval | intent-eval | check-config | data clean``."""
+"""Command line: ``python -m bot serve | faq-eval | intent-eval | speech-act-eval | check-config | data``."""
 
 from __future__ import annotations
 
@@ -72,17 +72,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+FAQ_EVAL_FILES = ("config/faq_eval_hard.yaml", "config/faq_eval.yaml")  # the hard dev set, then the easy one
+FAQ_HOLDOUT = "config/faq_eval_holdout.yaml"  # measured once, at the end: never tuned on
+
+
 def cmd_faq_eval(args: argparse.Namespace) -> int:
+    import time
+
     from bot.faq import FaqIndex, load_eval_cases
 
     cfg = _load(args.config)
-    index = FaqIndex.load(cfg.resolve_path(cfg.faq.path), cfg.faq.threshold)
-    result = index.evaluate(load_eval_cases(cfg.resolve_path(args.cases)))
-    print(f"FAQ entries: {len(index.entries)}; held-out cases: {result.total}")
-    print(f"top-1 accuracy: {result.accuracy:.1%} ({result.correct}/{result.total})")
-    print(f"out-of-scope refused: {result.refusal_rate:.1%} ({result.unknown_refused}/{result.unknown_total})")
-    for query, expect, got, score in result.misses:
-        print(f"  miss: {query!r} expected {expect} got {got} ({score:.2f})")
+    started = time.perf_counter()
+    index = FaqIndex.from_config(cfg.faq, cfg.resolve_path)
+    built = time.perf_counter() - started
+    files = list(args.cases or FAQ_EVAL_FILES) + ([FAQ_HOLDOUT] if args.holdout else [])
+    print(f"FAQ entries: {len(index.entries)}; index built in {built:.2f}s; "
+          f"threshold {index.threshold:.2f}, floor {index.floor:.2f}, margin {index.margin:.2f}")
+    for name in files:
+        cases = load_eval_cases(cfg.resolve_path(name))
+        started = time.perf_counter()
+        r = index.evaluate(cases)
+        per_query = (time.perf_counter() - started) / max(1, len(cases)) * 1000
+        print(f"\n== {name}: {r.total} cases, {r.unknown_total} out of scope ({per_query:.1f} ms a query)")
+        print(f"top-1 accuracy: {r.accuracy:.1%} ({r.correct}/{r.total})")
+        print(f"top-3 accuracy: {r.top3_accuracy:.1%} ({r.top3}/{r.total})")
+        print(f"out-of-scope refused: {r.refusal_rate:.1%} ({r.unknown_refused}/{r.unknown_total})")
+        for style, (right, total) in r.per_style.items():
+            print(f"  {style:<12} {right}/{total} ({right / total:.0%})")
+        if r.confusions:
+            print("confusions (expected -> got, '-' = not confident):")
+            for expect, got, count in r.confusions[: args.top]:
+                print(f"  {count:>3}  {expect} -> {got}")
+        for query, expect, got, score in r.misses:
+            print(f"  miss: {query!r} expected {expect} got {got} ({score:.2f})")
+        for query, got, score in r.accepted:
+            print(f"  answered out of scope: {query!r} by {got} ({score:.2f})")
     return 0
 
 
@@ -104,6 +128,17 @@ def cmd_intent_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speech_act_eval(args: argparse.Namespace) -> int:
+    from bot.dialogue.speech_act import SpeechActClassifier, load_eval_cases, report
+
+    cfg = _load(args.config)
+    classifier = SpeechActClassifier.load(cfg.resolve_path(cfg.dialogue.speech_acts_path))
+    cases = load_eval_cases(cfg.resolve_path(args.cases or cfg.dialogue.speech_acts_eval_path))
+    for line in report(classifier, classifier.evaluate(cases)):
+        print(line)
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     print(json.dumps(mask_config(cfg.model_dump()), indent=2, ensure_ascii=False))
@@ -118,18 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--role", choices=["gateway", "worker", "all"], default="all",
                        help="gateway and worker need queue.url; all (default) does both in one process")
     serve.set_defaults(func=cmd_serve)
-    faq = sub.add_parser("faq-eval", help="print FAQ top-1 accuracy on the held-out paraphrases")
-    faq.add_argument("--cases", default="config/faq_eval.yaml")
+    faq = sub.add_parser("faq-eval", help="FAQ retrieval: top-1/top-3, out-of-scope refusals, per style, confusions")
+    faq.add_argument("--cases", action="append", default=None,
+                     help="an evaluation file (repeatable); default: " + " and ".join(FAQ_EVAL_FILES))
+    faq.add_argument("--holdout", action="store_true", help="also evaluate " + FAQ_HOLDOUT)
+    faq.add_argument("--top", type=int, default=20, help="confusions listed per file")
     faq.set_defaults(func=cmd_faq_eval)
     check = sub.add_parser("check-config", help="validate the configuration and print it resolved")
     check.set_defaults(func=cmd_check_config)
     intent = sub.add_parser("intent-eval", help="print intent accuracy on the held-out cases")
     intent.add_argument("--cases", default=None, help="default: dialogue.intents_eval_path")
     intent.set_defaults(func=cmd_intent_eval)
+    acts = sub.add_parser("speech-act-eval", help="print request/question/other accuracy on the held-out cases")
+    acts.add_argument("--cases", default=None, help="default: dialogue.speech_acts_eval_path")
+    acts.set_defaults(func=cmd_speech_act_eval)
     from bot.learning.cli import add_commands as add_learning_commands
 
     learning = add_learning_commands(sub, _load)
-    for p in (serve, faq, check, intent, *learning):
+    for p in (serve, faq, check, intent, acts, *learning):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return int(args.func(args))

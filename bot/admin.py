@@ -11,7 +11,9 @@ unconfigured hub answers 404 rather than exposing customer data.
   (``Keys.user_index``: markers named after the user, written by the web
   adapter) and the conversation's records in the global feedback stream; in
   memory mode whatever the channel's adapter holds in memory, through its
-  ``erase(ref)`` (the web adapter: event log and feedback).
+  ``erase(ref)`` (the web adapter: event log and feedback); and the conversation's
+  archived turns and votes (bot/archive/, ``deleted_archive_rows``; 503 while the
+  archive database cannot be reached, so the erasure is repeated).
 - ``POST /api/agent/reply`` ``{channel, user_id, text}``: a person answers
   through the customer's own channel; the conversation is taken over (the bot
   stays silent) and the answer is recorded in the history.
@@ -103,8 +105,26 @@ class AdminApi:
         erase = getattr(sink, "erase", None)
         if erase is not None:  # what the channel keeps in process memory (memory mode)
             records += await erase(ref)
-        log.info("erased conversation %s (%d keys, %d records)", ref.key, deleted, records)
-        return json_response({"erased": ref.key, "deleted_keys": deleted, "deleted_records": records})
+        archived = await self._erase_archive(ref.key)
+        log.info("erased conversation %s (%d keys, %d records, %d archived rows)", ref.key, deleted, records,
+                 archived)
+        return json_response({"erased": ref.key, "deleted_keys": deleted, "deleted_records": records,
+                              "deleted_archive_rows": archived})
+
+    async def _erase_archive(self, conversation_key: str) -> int:
+        """The conversation's archived turns and votes (bot/archive/). An archive that cannot be reached is a
+        503, not a success: the erasure is not complete, and the caller repeats it (every part is idempotent)."""
+        archive = self.services.archive
+        if archive is None:
+            return 0
+        from bot.archive.writer import ArchiveUnavailable
+
+        try:
+            return await archive.erase(conversation_key)
+        except ArchiveUnavailable:
+            log.error("erasing conversation %s: the archive (%s) cannot be reached", conversation_key, archive.where)
+            raise HttpError(503, "archive_unavailable", "the conversation archive cannot be reached; the rest is "
+                            "erased, repeat the request to erase the archived turns", {"Retry-After": "30"}) from None
 
     async def _erase_stream_records(self, stream: str, conversation_key: str) -> int:
         """XDEL every entry of a shared stream whose ``conversation`` field is the conversation's key

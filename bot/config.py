@@ -90,7 +90,10 @@ class ApiConfig(_Section):
 
 class FaqConfig(_Section):
     path: str = "config/faq.yaml"
-    threshold: float = Field(0.35, ge=0, le=1)
+    synonyms_path: str = "config/synonyms.yaml"  # synonyms, colloquialisms, typos, abbreviations (bot/faq/synonyms.py)
+    threshold: float = Field(0.36, ge=0, le=1)  # confident: the FAQ answers (chosen on config/faq_eval_hard.yaml)
+    floor: float = Field(0.20, ge=0, le=1)  # between floor and threshold: 猜你想问 offers the closest questions
+    margin: float = Field(0.02, ge=0, le=1)  # a top match this close to the second is uncertain too
 
 
 class WebConfig(_Section):
@@ -188,6 +191,8 @@ class DialogueConfig(_Section):
     path: str = "config/dialogue.yaml"
     intents_path: str = "config/intents.yaml"
     intents_eval_path: str = "config/intents_eval.yaml"
+    speech_acts_path: str = "config/speech_acts.yaml"  # request | question | other: start a flow or answer about it
+    speech_acts_eval_path: str = "config/speech_acts_eval.yaml"
     intent_threshold: float = Field(0.45, ge=0, le=1)  # below: no intent route, maybe a clarifying question
     clarify_floor: float = Field(0.15, ge=0, le=1)  # intents this likely are offered in the clarifying question
     faq_strong: float = Field(0.75, ge=0, le=1)  # an FAQ match this close beats an intent route
@@ -296,6 +301,25 @@ class LoggingConfig(_Section):
     access: bool = False  # one line per HTTP request (costs a turn ~8%); /metrics counts requests either way
 
 
+class ArchiveConfig(_Section):
+    """The conversation archive (bot/archive/): every turn, redacted, in SQLite or PostgreSQL."""
+
+    enabled: bool = True
+    url: str = "sqlite:///.cache/archive.db"  # a relative sqlite path is under the project root; postgresql+psycopg://
+    retention_days: int = Field(180, ge=0)  # rows older than this are deleted (at start, then hourly); 0 keeps all
+    batch_size: int = Field(200, gt=0)  # rows per write
+    flush_interval_s: float = Field(1.0, gt=0)  # the longest a row waits in memory before it is written
+    buffer_max: int = Field(10000, gt=0)  # rows held in memory; past it new rows are dropped (and counted)
+
+    @field_validator("url")
+    @classmethod
+    def _archive_scheme(cls, url: str) -> str:
+        """Refused here, naming the key and not the URL (which may carry a password)."""
+        if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ValueError("expected sqlite:///path or postgresql+psycopg://user@host:port/db")
+        return url
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     state: StateConfig = StateConfig()
@@ -313,6 +337,7 @@ class Config(_Section):
     privacy: PrivacyConfig = PrivacyConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
+    archive: ArchiveConfig = ArchiveConfig()
 
     @model_validator(mode="after")
     def _queue_needs_shared_state(self) -> Config:

@@ -12,8 +12,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "Sorry, I can't answer that reliably yet. Try rephrasing, or reply \"human\" to reach an agent.",
     },
     "unknown_suggest": {
-        "zh": "抱歉，我没有完全理解。您是想问以下问题吗？也可以回复“转人工”。",
-        "en": "Sorry, I'm not sure I understood. Did you mean one of these? You can also reply \"human\".",
+        "zh": "您是想问以下问题吗？点选即可查看答案，也可以换个说法，或回复“转人工”。",
+        "en": "Did you mean one of these? Pick one to see the answer, rephrase, or reply \"human\".",
     },
     "apology": {
         "zh": "抱歉，系统繁忙，请稍后再试，或回复“转人工”联系人工客服。",

@@ -48,6 +48,10 @@ class Metrics:
         self.safety_verdicts = Counter(  # stage: input | output; action: refuse | mask | handoff | flag | replace
             "kefu_safety_verdicts", "Safety findings and what was done", ["stage", "category", "action"], registry=r
         )
+        # The conversation archive (bot/archive/): table = turns | feedback; reason = buffer_full (the database
+        # is slower than the traffic or away), write_failed (a batch failed its retries), shutdown (left at close)
+        self.archive_written = Counter("kefu_archive_written", "Rows written to the archive", ["table"], registry=r)
+        self.archive_dropped = Counter("kefu_archive_dropped", "Archive rows dropped", ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -107,6 +107,10 @@ class TurnPipeline:
         slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.store = store
+        # Called once per event after its answer went out (not for a duplicate, which sends nothing), with
+        # the outcome known: the conversation archive. Synchronous and expected not to block; an exception
+        # is logged and the turn goes on.
+        self.after: list[Callable[[TurnContext], None]] = []
         self.load = LoadState(store)
         self.deciding = tuple(deciding)
         self.deliver = deliver
@@ -146,6 +150,12 @@ class TurnPipeline:
                 text = messages.text("apology", event.lang or "zh")
                 ctx.replies = (Reply(event.ref, text, in_reply_to=event.id, source="system"),)
         await self._timed("deliver", self._deliver, ctx)
+        for hook in self.after:
+            try:
+                hook(ctx)
+            except Exception:
+                log.exception("after-turn hook %s failed for %s event %s", getattr(hook, "__qualname__", hook),
+                              event.ref.channel, event.id)
 
     async def _decide(self, ctx: TurnContext) -> None:
         for attempt in range(CAS_ATTEMPTS):

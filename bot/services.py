@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 
@@ -25,6 +25,9 @@ from bot.state.redisconn import open_blocking_client, require_supported
 from bot.turn import TurnHandler
 from engine.base import Engine, EngineError
 from engine.factory import open_engine
+
+if TYPE_CHECKING:
+    from bot.archive.writer import ArchiveWriter
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class Services:
             config.state.url, socket_timeout_s=config.state.socket_timeout_s,
             connect_timeout_s=config.state.connect_timeout_s)
         self.kv: SharedKV = RedisKV(client) if client is not None else MemoryKV()
-        self.faq = FaqIndex.load(config.resolve_path(config.faq.path), config.faq.threshold)
+        self.faq = FaqIndex.from_config(config.faq, config.resolve_path)
         self.engine: Engine | None = open_engine(config.engine, base_dir=config.resolve_path("."))
         self.answerer = Answerer(
             self.faq,
@@ -63,6 +66,9 @@ class Services:
         self.hub = Hub(config.hub, self.store, handler, self.metrics, inbox=self._inbox(),
                        origin=self.bus.origin, shares=self.pending_shares, steps=self._steps(handler))
         self.notifiers: list[Notifier] = []  # filled by channels that can reach the team
+        self.archive = self._archive()
+        if self.archive is not None:  # every delivered turn and vote, after its answer went out
+            self.hub.pipeline.after.append(self.archive.after_turn)
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -108,6 +114,18 @@ class Services:
         )
         return [checks_in, checks_out.stream_step(), Dialogue(handler), checks_out]
 
+    def _archive(self) -> ArchiveWriter | None:
+        """The conversation archive (bot/archive/); a database that is away is no reason not to serve."""
+        if not self.config.archive.enabled:
+            return None
+        from bot.archive.db import ArchiveUrlError
+        from bot.archive.writer import ArchiveWriter
+
+        try:
+            return ArchiveWriter(self.config.archive, self.metrics, self.config.resolve_path("."))
+        except ArchiveUrlError as exc:
+            raise ConfigError(str(exc)) from None
+
     def _handler(self) -> TurnHandler:
         if self.config.dialogue.enabled:  # a bad graph raises GraphError (a ConfigError) naming the node
             from bot.dialogue import build_manager
@@ -132,6 +150,8 @@ class Services:
             await require_supported(self.redis)
         await self.hub.inbox.start()
         await self.bus.start()
+        if self.archive is not None:
+            await self.archive.start()
         if self.engine is not None and self.answers_events:
             try:
                 await self.engine.start()
@@ -142,6 +162,8 @@ class Services:
 
     async def close(self) -> None:
         await self.hub.close()
+        if self.archive is not None:  # after the hub: the turns it finished are archived too
+            await self.archive.close()
         await self.bus.close()
         if self.engine is not None:
             await self.engine.close()

@@ -24,6 +24,11 @@ from tests.services import PrivateRabbit, PrivateRedis, redis_6_2_server, shared
 from tests.services import private_rabbit as _private_rabbit
 from tests.services import private_redis as _private_redis
 
+# Every hub a test starts (in process or as a subprocess) archives its turns to a file of this test run,
+# never to the checkout's .cache/archive.db; tests of the archive itself name their own URL.
+_ARCHIVE_DIR = tempfile.mkdtemp(prefix="kefu-archive-")
+os.environ.setdefault("BOT__ARCHIVE__URL", f"sqlite:///{_ARCHIVE_DIR}/archive.db")
+
 
 def _answers(url: str) -> bool:
     u = urllib.parse.urlparse(url)
@@ -116,6 +121,7 @@ async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredi
 def make_config(overrides: dict[str, Any] | None = None, **env: str) -> Config:
     """The default config plus BOT__-style overrides given as a dict of dotted keys."""
     environ = {f"BOT__{k.upper().replace('.', '__')}": str(v) for k, v in (overrides or {}).items()}
+    environ.setdefault("BOT__ARCHIVE__URL", os.environ["BOT__ARCHIVE__URL"])
     environ.update(env)
     return load_config(None, environ=environ)
 

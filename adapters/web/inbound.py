@@ -386,13 +386,16 @@ class WebInbound:
         found = await self._find_answer(sid, ref, aid)
         if found is None:
             raise HttpError(404, "unknown_answer", "no such answer in this conversation (it may have expired)")
-        question, answer, source, meta = found
+        question, answer, source, meta, question_id = found
         await self.feedback.record(FeedbackRecord(
             conversation=ref.key, session_id=sid, answer_id=aid, rating=rating,
             question=question, answer=answer, source=source, meta=meta,
         ))
+        # rated_event_id: the rated question's event id (as messages() builds it), so the archive links
+        # the vote to the archived turn
+        rated = {"rated_event_id": f"{sid}:{question_id}"} if question_id else {}
         event = Event(id=f"{sid}:feedback:{uuid.uuid4().hex}", kind=EventKind.FEEDBACK, ref=ref, name=rating,
-                      channel_data={"answer_id": aid})
+                      channel_data={"answer_id": aid, **rated})
         await self._index(sid, self.services.keys.dedup(event.dedup_key),
                           self.services.keys.handoff_notice(event.dedup_key))
         try:
@@ -401,20 +404,24 @@ class WebInbound:
             log.info("feedback on %s stored but not passed to a busy hub", aid)
         return json_response({"ok": True, "answer_id": aid, "rating": rating})
 
-    async def _find_answer(self, sid: str, ref: ConversationRef, aid: str) -> tuple[str, str, str, dict] | None:
+    async def _find_answer(
+        self, sid: str, ref: ConversationRef, aid: str
+    ) -> tuple[str, str, str, dict, str | None] | None:
+        """question, answer, source, meta and the question's message id (None when unknown)."""
         entries = await self.events.entries(sid)
         questions = {e.get("message_id"): e.get("text", "") for _, e in entries if e.get("type") == "user"}
         for _, e in reversed(entries):
             if e.get("type") == "reply" and e.get("answer_id") == aid:
                 mid = e.get("message_id")
-                return questions.get(mid, ""), e.get("text", ""), e.get("source", ""), dict(e.get("meta") or {})
+                return (questions.get(mid, ""), e.get("text", ""), e.get("source", ""), dict(e.get("meta") or {}),
+                        mid if isinstance(mid, str) else None)
         state = await self.services.store.load(ref.key)
-        question = ""
+        question, question_id = "", None
         for m in _history_messages(state, sid, {}, {}):
             if m["role"] == "user":
-                question = m["text"]
+                question, question_id = m["text"], m.get("message_id")
             elif m.get("answer_id") == aid:
-                return question, m["text"], m.get("source") or "", {}
+                return question, m["text"], m.get("source") or "", {}, question_id
         return None
 
 

@@ -25,6 +25,13 @@ Edges are tried in order: ``intent`` (a confident intent), ``slot`` (filled,
 missing, equal to or matching a value), ``if`` (a condition on the message)
 and ``default``. The entry node's edges are also the global routes tried from
 any node (see :mod:`bot.dialogue.manager`).
+
+An intent edge may also say ``when``: the speech acts it is followed for
+(bot/dialogue/speech_act.py: request, question, other). ``when: [request,
+other]`` starts a flow for 我要退款 but not for 退款多久到账, which the FAQ answers;
+its ``offer`` is the quick reply added to that answer, and typing or tapping it
+is a request that follows the edge. An offer on an edge a question would follow
+anyway could never be shown, so compilation rejects it.
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ from types import MappingProxyType
 from typing import Any
 
 from bot.config import ConfigError
+from bot.dialogue.speech_act import ACTS
 
 NODE_KINDS = ("reply", "collect", "faq", "llm", "handoff", "end")
 _COMMON = {"kind", "edges", "quick_replies"}
 _FIELDS: dict[str, set[str]] = {
     "reply": _COMMON | {"text", "wait"},
-    "collect": _COMMON | {"slot", "prompt", "pattern", "choices", "invalid", "retries", "on_fail", "transform"},
+    "collect": _COMMON | {"slot", "prompt", "pattern", "choices", "invalid", "retries", "on_fail", "transform",
+                          "reprompt"},
     "faq": _COMMON | {"faq_id", "wait"},
     "llm": _COMMON | {"prompt", "adapter", "faq_first", "faq_context", "wait"},
     "handoff": {"kind", "text", "reason", "quick_replies"},
@@ -61,7 +70,8 @@ _EDGE_KINDS = ("intent", "slot", "if", "default")
 _CONDITION_KEYS = {"matches", "sentiment", "lang", "channel"}
 _SENTIMENTS = {"positive", "neutral", "negative", "angry"}
 _TRANSFORMS = {"none", "upper", "lower"}
-TEXT_NAMES = ("clarify", "invalid", "unknown")
+TEXT_NAMES = ("clarify", "invalid", "unknown", "cancelled", "calm")
+COMMANDS = ("restart", "cancel", "handoff")
 
 
 class GraphError(ConfigError):
@@ -97,6 +107,8 @@ class Edge:
     slot_matches: re.Pattern[str] | None = None
     condition: Condition | None = None
     faq_first: bool = True  # intent edges: a near-exact FAQ match answers instead
+    when: frozenset[str] = frozenset()  # intent edges: the speech acts it is followed for (empty: any)
+    offer: Text | None = None  # intent edges with `when`: the quick reply that follows it, added to a question's answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,7 @@ class Node:
     pattern: re.Pattern[str] | None = None
     choices: tuple[str, ...] = ()
     invalid: Text | None = None
+    reprompt: Text | None = None  # collect: the question again, after answering something else in between
     retries: int = 2
     on_fail: str | None = None
     transform: str = "none"
@@ -144,10 +157,20 @@ class Graph:
     clarify_intents: tuple[str, ...]
     texts: Mapping[str, Text]
     slots: frozenset[str] = field(default=frozenset())
+    cancel: tuple[re.Pattern[str], ...] = ()  # leave the flow; anchored at the start of the message
 
     @property
     def entry_node(self) -> Node:
         return self.nodes[self.entry]
+
+    @property
+    def offers(self) -> Mapping[str, Edge]:
+        """Every offer text, in every language, to the edge it follows."""
+        return MappingProxyType({
+            text: edge
+            for node in self.nodes.values() for edge in node.edges if edge.offer is not None
+            for text in edge.offer.by_lang.values()
+        })
 
 
 class _Problems:
@@ -219,8 +242,12 @@ def compile_graph(
     commands = spec.get("commands") or {}
     restart = _patterns(commands.get("restart", ["重新开始", "^(restart|start over)$"]), "commands.restart", p)
     handoff_cmds = _patterns(commands.get("handoff", ["转人工", "^(human|agent)$"]), "commands.handoff", p)
-    for key in sorted(set(commands) - {"restart", "handoff"}):
-        p.add("commands", f"unknown command {key!r} (expected restart, handoff)")
+    cancel = _patterns(commands.get("cancel", ()), "commands.cancel", p)
+    for c in cancel:
+        if not c.pattern.startswith("^"):
+            p.add("commands.cancel", f"{c.pattern!r} must be anchored with ^ (算了 inside a question is not a cancel)")
+    for key in sorted(set(commands) - set(COMMANDS)):
+        p.add("commands", f"unknown command {key!r} (expected {', '.join(COMMANDS)})")
     clarify = spec.get("clarify") or {}
     clarify_intents = tuple(str(i) for i in clarify.get("intents") or ())
     for i in clarify_intents:
@@ -246,6 +273,7 @@ def compile_graph(
         languages=languages,
         restart=restart,
         handoff_commands=handoff_cmds,
+        cancel=cancel,
         clarify_intents=clarify_intents,
         texts=MappingProxyType(texts),
         slots=slots,
@@ -275,7 +303,7 @@ def _node(
         if raw.get(key) in (None, "", {}):
             p.add(where, f"a {kind} node needs '{key}'")
     fields: dict[str, Any] = {"name": name, "kind": kind}
-    for key in ("text", "prompt", "invalid", "faq_id"):
+    for key in ("text", "prompt", "invalid", "reprompt", "faq_id"):
         if raw.get(key) not in (None, "", {}):
             fields[key] = _text(raw[key], f"{where} {key}", p, languages)
     fields["quick_replies"] = tuple(
@@ -317,14 +345,14 @@ def _node(
         p.add(where, "'edges' must be a list")
         raw_edges = ()
     for i, e in enumerate(raw_edges):
-        edge = _edge(e, f"{where} edge #{i + 1}", p, intents)
+        edge = _edge(e, f"{where} edge #{i + 1}", p, intents, languages)
         if edge is not None:
             edges.append(edge)
     fields["edges"] = tuple(edges)
     return Node(**{k: v for k, v in fields.items() if v is not None})
 
 
-def _edge(raw: Any, where: str, p: _Problems, intents: frozenset[str]) -> Edge | None:
+def _edge(raw: Any, where: str, p: _Problems, intents: frozenset[str], languages: tuple[str, ...]) -> Edge | None:
     if not isinstance(raw, Mapping) or not raw.get("to"):
         p.add(where, "must be a mapping with 'to' and one of intent / slot / if / default")
         return None
@@ -333,7 +361,7 @@ def _edge(raw: Any, where: str, p: _Problems, intents: frozenset[str]) -> Edge |
         p.add(where, f"needs exactly one of {list(_EDGE_KINDS)}, got {kinds or 'none'}")
         return None
     kind = kinds[0]
-    allowed = {"to", kind} | ({"faq_first"} if kind == "intent" else set())
+    allowed = {"to", kind} | ({"faq_first", "when", "offer"} if kind == "intent" else set())
     allowed |= {"filled", "equals", "matches"} if kind == "slot" else set()
     for key in sorted(set(raw) - allowed):
         p.add(where, f"unknown field {key!r} for an {kind} edge")
@@ -346,6 +374,18 @@ def _edge(raw: Any, where: str, p: _Problems, intents: frozenset[str]) -> Edge |
         edge["intents"] = frozenset(str(n) for n in names)
         if "faq_first" in raw:
             edge["faq_first"] = bool(raw["faq_first"])
+        if "when" in raw:
+            acts = raw["when"] if isinstance(raw["when"], list) else [raw["when"]]
+            for a in acts:
+                if a not in ACTS:
+                    p.add(where, f"unknown speech act {a!r} in 'when' (allowed: {list(ACTS)})")
+            if not acts:
+                p.add(where, "'when' needs at least one speech act")
+            edge["when"] = frozenset(str(a) for a in acts)
+        if "offer" in raw:
+            edge["offer"] = _text(raw["offer"], f"{where} offer", p, languages)
+            if "question" in edge.get("when", ACTS):
+                p.add(where, "an 'offer' needs a 'when' without question (the quick reply a question's answer gets)")
     elif kind == "slot":
         edge["slot"] = str(raw["slot"])
         tests = [k for k in ("filled", "equals", "matches") if k in raw]
@@ -394,7 +434,7 @@ def _check_links(node: Node, raw_nodes: Mapping[str, Any], slots: frozenset[str]
         p.add(where, "a collect node needs a default edge (where to go once the slot is filled)")
     if not node.wait and node.default is None:
         p.add(where, "a node with 'wait: false' needs a default edge")
-    for key in ("text", "prompt", "invalid"):
+    for key in ("text", "prompt", "invalid", "reprompt"):
         text = getattr(node, key)
         for lang, value in (text.by_lang.items() if text else ()):
             for name in _placeholders(value, where, p):

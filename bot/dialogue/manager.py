@@ -8,19 +8,39 @@ with compare-and-set around each turn, so two messages from one user are
 answered in order and a turn that loses a race simply runs again; this module
 only decides.
 
+Every message gets an intent (what it is about, bot/dialogue/intent.py) and a
+speech act (whether the customer wants it done or asks about it,
+bot/dialogue/speech_act.py). Knowing that a customer asks *about* refunds is
+not knowing that they want one now: 退货运费谁出 is answered, 我要退款 starts the
+refund flow.
+
 Routing a message, in order:
 
 1. Commands work everywhere: 重新开始 restarts at the entry node (even out of
-   a handoff), 转人工 goes to the handoff node; repeated anger goes to the
-   anger node. While a person has the conversation nothing else is answered,
-   except what bot/dialogue/waiting.py decides a waiting customer must hear
-   (service hours, a message kept for the agent, no agent replying in time).
+   a handoff); 算了 / 不用了 / cancel at the start of a message leaves the flow
+   for the entry node (politely, ``texts.cancelled``), and whatever follows it
+   (算了 我问问运费) is routed as a message of its own; 转人工 goes to the
+   handoff node unless the message asks about it (怎么转人工 is answered);
+   repeated anger goes to the anger node. While a person has the conversation
+   nothing else is answered, except what bot/dialogue/waiting.py decides a
+   waiting customer must hear (service hours, a message kept for the agent, no
+   agent replying in time).
 2. A ``collect`` node that asked a question takes the answer: a valid value
-   fills the slot and moves on, an invalid one re-prompts up to ``retries``
-   times, then ``on_fail``. Nothing else interrupts a collection.
+   fills the slot and moves on. A message that is clearly something else is a
+   digression, answered without counting as a wrong answer: a request for
+   another route (a person, a complaint, another flow) goes there; anger gets
+   ``texts.calm``; a question, or anything the FAQ is confident about, gets the
+   answer; then the node asks its question again (``reprompt``) in the same
+   turn. Only what looks like an attempt at the value (digits, letters, a
+   short reply that is no question) re-prompts up to ``retries`` times, then
+   ``on_fail``.
 3. Otherwise: the waiting node's own edges; the entry node's edges (the
-   global routes, where an intent edge gives way to a near-exact FAQ match);
-   a confident FAQ answer (only a near-exact one when the waiting node
+   global routes, where an intent edge gives way to a near-exact FAQ match).
+   An intent edge with ``when`` is followed only for those speech acts: a
+   request follows it at once, whatever the FAQ says; a question goes on to
+   the FAQ (confident at ``faq.threshold``) and its answer ends with the
+   edge's ``offer`` quick reply, which starts the flow when typed or tapped.
+   Then a confident FAQ answer (only a near-exact one when the waiting node
    expects free-form input through a default edge); the waiting node's
    default edge; a clarifying question when the intent is unsure; the entry
    node's default edge.
@@ -47,11 +67,13 @@ from bot import messages
 from bot.answer import Answer, Answerer, StreamFn
 from bot.config import Config, DialogueConfig
 from bot.dialogue.context import estimate_tokens, fit_history
-from bot.dialogue.graph import Edge, Graph, GraphError, Node, render
+from bot.dialogue.graph import Edge, Graph, GraphError, Node, Text, render
 from bot.dialogue.handoff import HandoffNotifier
 from bot.dialogue.intent import IntentRecognizer, IntentResult
 from bot.dialogue.loader import load_graph
 from bot.dialogue.sentiment import Sentiment, analyze
+from bot.dialogue.speech_act import NONE as _NO_ACT
+from bot.dialogue.speech_act import SpeechAct, SpeechActClassifier
 from bot.dialogue.waiting import WaitingCare
 from bot.metrics import Metrics
 from bot.notify import WebhookNotifier
@@ -72,7 +94,14 @@ _NO_SENTIMENT = Sentiment("neutral", 0.0)
 _DEFAULT_TEXTS = {  # when the graph's `texts` does not say
     "clarify": {"zh": "请问您想咨询以下哪一类问题？", "en": "Which of these is your question about?"},
     "invalid": {"zh": "抱歉，您的回复格式不对，请再发送一次。", "en": "Sorry, that doesn't look right; try again."},
+    "cancelled": {"zh": "好的，已为您取消当前办理。还有什么可以帮您？",
+                  "en": "OK, I've stopped that. Anything else I can help with?"},
+    "calm": {"zh": "非常抱歉让您着急了，我会尽快帮您处理好。",
+             "en": "I'm really sorry for the trouble; I'll sort this out as fast as I can."},
 }
+_OFFER_CONFIDENCE = 0.7  # classifier confidence needed to offer an intent's flow under an answer
+_SHORT = 8  # characters: a reply this short that asks nothing is an attempt at the value (不知道, 没有)
+_ATTEMPT = re.compile(r"\d|^[a-z0-9_-]+$")  # digits anywhere, or one Latin token (yd123, abc)
 _WORD = re.compile(r"\b[A-Za-z]+\b")  # whole alphabetic words: not the YD in YD2405120001
 
 
@@ -91,11 +120,13 @@ class _Turn:
     angry_messages: int = 0
     invalid_answers: int = 0  # to the question of the collect node the turn waits at
     intent: IntentResult = _NO_INTENT
+    act: SpeechAct = _NO_ACT
     sentiment: Sentiment = _NO_SENTIMENT
     consumed: bool = False  # the message already filled a slot this turn
     handoff_reason: str | None = None
     replies: list[tuple[str, str, tuple[str, ...], str | None]] = field(default_factory=list)
     faq_score: float | None = None
+    said: str | None = None  # the whole message, when routing goes on with a part of it (算了 我问问运费)
 
     @property
     def norm(self) -> str:
@@ -109,6 +140,10 @@ class _Counters:
         self.sentiment = Counter("kefu_dialogue_sentiment", "Message sentiment", ["label"], registry=r)
         self.handoffs = Counter("kefu_dialogue_handoffs", "Conversations handed to a person", ["reason"], registry=r)
         self.clarify = Counter("kefu_dialogue_clarifications", "Clarifying questions asked", registry=r)
+        self.acts = Counter("kefu_dialogue_speech_acts", "Speech acts (request/question/other)", ["act", "source"],
+                            registry=r)
+        self.digressions = Counter("kefu_dialogue_digressions", "Messages answered while a step waited for a value",
+                                   ["kind"], registry=r)
 
 
 class DialogueManager:
@@ -125,6 +160,7 @@ class DialogueManager:
         max_new_tokens: int,
         notifier: HandoffNotifier | None = None,
         waiting: WaitingCare | None = None,
+        speech_acts: SpeechActClassifier | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -139,6 +175,8 @@ class DialogueManager:
         self.max_new_tokens = max_new_tokens
         self.notifier = notifier
         self.waiting = waiting  # None: silent while handed off
+        self.speech_acts = speech_acts  # None: every message is "other" (intent edges with `when` behave as before)
+        self._offers = {normalize(text): edge for text, edge in graph.offers.items()}
         self.clock = clock
         self._counters = _Counters(metrics)
         for node in graph.nodes.values():
@@ -177,14 +215,15 @@ class DialogueManager:
                           "system")
             return TurnResult(self._state(state, turn, note="[attachment]"), self._replies(turn))
 
-        turn.intent = self.intents.recognize(text)
+        self._understand(turn)
         turn.sentiment = analyze(text)
         self._counters.intents.labels(turn.intent.name or "none", turn.intent.source).inc()
+        self._counters.acts.labels(turn.act.act, turn.act.source).inc()
         self._counters.sentiment.labels(turn.sentiment.label).inc()
         if turn.sentiment.angry:
             turn.angry_messages += 1
             log.info("angry message in %s (%s)", event.ref.key, ", ".join(turn.sentiment.terms))
-        command = self._command(turn.norm)
+        command, rest = self._command(turn)
         if state.handed_off and command != "restart":  # a person has it: record the message for them
             await self._wait_for_agent(turn, stream)
             return TurnResult(self._state(state, turn), self._replies(turn))
@@ -195,6 +234,8 @@ class DialogueManager:
             turn.handoff = None
             turn.handed_off = False
             await self._run(turn, self.graph.entry, stream)
+        elif command == "cancel":
+            await self._cancel(turn, rest, stream)
         elif command == "handoff":
             turn.handoff_reason = "requested"
             await self._run(turn, self.graph.handoff, stream)
@@ -233,12 +274,43 @@ class DialogueManager:
             return DialogueState(key=state.key, version=state.version)
         return state
 
-    def _command(self, norm: str) -> str | None:
+    def _understand(self, turn: _Turn) -> None:
+        """The intent and the speech act of the message; an offered quick reply typed back is a request for
+        its edge's intent (申请退款 starts the refund flow, whatever the classifiers make of it)."""
+        turn.intent = self.intents.recognize(turn.text)
+        offered = self._offers.get(turn.norm)
+        if offered is not None:
+            turn.act = SpeechAct("request", 1.0, "forced", "offer")
+            if turn.intent.name not in offered.intents or not turn.intent.confident(self.cfg.intent_threshold):
+                turn.intent = IntentResult(sorted(offered.intents)[0], 1.0, "rule", turn.intent.ranked)
+        elif self.speech_acts is not None:
+            turn.act = self.speech_acts.recognize(turn.text)
+        else:
+            turn.act = _NO_ACT
+
+    def _command(self, turn: _Turn) -> tuple[str | None, str]:
+        """The command in the message, and for a cancel what follows it."""
+        norm = turn.norm
         if any(p.search(norm) for p in self.graph.restart):
-            return "restart"
-        if any(p.search(norm) for p in self.graph.handoff_commands):
-            return "handoff"
-        return None
+            return "restart", ""
+        if turn.node not in (None, self.graph.entry) and not turn.handed_off:
+            for p in self.graph.cancel:
+                if (m := p.search(norm)) is not None:
+                    return "cancel", norm[m.end():].strip()
+        if any(p.search(norm) for p in self.graph.handoff_commands) and not turn.act.is_question:
+            return "handoff", ""  # 人工客服几点上班 asks about people; it does not ask for one
+        return None, ""
+
+    async def _cancel(self, turn: _Turn, rest: str, stream: StreamFn) -> None:
+        """Leave the flow for the entry node; what the customer said after 算了 is routed on its own."""
+        turn.slots.clear()
+        turn.invalid_answers = 0
+        turn.node = self.graph.entry
+        self._say(turn, self._text("cancelled", turn.lang), "dialogue")
+        if rest:
+            turn.said, turn.text, turn.faq_score = turn.text, rest, None
+            self._understand(turn)
+            await self._route(turn, stream)
 
     async def _wait_for_agent(self, turn: _Turn, stream: StreamFn) -> None:
         """A message while a person has the conversation: recorded for them; the customer hears only
@@ -267,23 +339,57 @@ class DialogueManager:
             await self._collect(turn, current, stream)
             return
         here = current if current is not None and current.name != graph.entry else None
+        offers: list[str] = []  # flows the customer asked about rather than for: their answer offers them
         for node in (here, graph.entry_node):
             for edge in node.explicit if node is not None else ():
                 if not self._matches(edge, turn):
                     continue
-                if edge.kind == "intent" and edge.faq_first and self._faq_score(turn) >= self.cfg.faq_strong:
+                if edge.when and turn.act.act not in edge.when:
+                    if edge.offer is not None and self._sure_of_intent(turn):
+                        offers.append(edge.offer.get(turn.lang))
+                    continue
+                if edge.when and turn.act.is_request:
+                    # Wants it now: a close FAQ entry is not in the way. A question asked with the request
+                    # (我想退货 运费谁出) is answered first, when the FAQ knows it.
+                    if self._asks_too(turn):
+                        await self._answer_faq(turn, stream)
+                    await self._run(turn, edge.to, stream)
+                elif edge.kind == "intent" and edge.faq_first and self._faq_score(turn) >= self.cfg.faq_strong:
                     await self._answer_faq(turn, stream)
                 else:
                     await self._run(turn, edge.to, stream)
                 return
+        await self._fallback(turn, here, stream)
+        if offers and not turn.handed_off and turn.replies:
+            text, source, quick, node_name = turn.replies[-1]
+            turn.replies[-1] = (text, source, tuple(dict.fromkeys((*offers, *quick))), node_name)
+
+    def _sure_of_intent(self, turn: _Turn) -> bool:
+        """Sure enough of the topic to offer its flow: a guess (客服几点下班 read as a complaint) would offer
+        something the customer never thought of."""
+        return turn.intent.source == "rule" or turn.intent.confidence >= _OFFER_CONFIDENCE
+
+    def _asks_too(self, turn: _Turn) -> bool:
+        """A request that also asks something the FAQ answers with confidence."""
+        if self.speech_acts is None or turn.act.source == "forced":
+            return False
+        if "question_word" not in self.speech_acts.cues_in(turn.text):
+            return False
+        return self.faq.confident(self.faq.search(turn.text, k=2))
+
+    async def _fallback(self, turn: _Turn, here: Node | None, stream: StreamFn) -> None:
+        """No edge took the message: the FAQ, the waiting node's default, a clarifying question, the entry default."""
+        graph = self.graph
         strict = here is not None and here.default is not None
         if self._faq_score(turn) >= (self.cfg.faq_strong if strict else self.faq.threshold):
             await self._answer_faq(turn, stream)
         elif here is not None and here.default is not None:
             await self._run(turn, here.default.to, stream)
-        elif self.answerer.engine is None and (candidates := self._candidates(turn)):
-            # Without a model, a clarifying question beats a guess; with one, the
-            # default route's LLM node answers from the FAQ context instead.
+        elif (self.answerer.engine is None and self._faq_score(turn) < self.faq.floor
+              and (candidates := self._candidates(turn))):
+            # Without a model, a clarifying question beats a guess; with one, the default route's LLM node
+            # answers from the FAQ context instead. FAQ questions close to the message (猜你想问, from the
+            # default route's answer) say more than a choice of topics, so they come first.
             self._counters.clarify.inc()
             labels = tuple(self.intents.by_name[n].label(turn.lang) for n in candidates)
             self._say(turn, self._text("clarify", turn.lang), "dialogue", labels)
@@ -401,6 +507,8 @@ class DialogueManager:
             turn.invalid_answers = 0
             await self._run(turn, self._follow(node, turn), stream)
             return
+        if await self._digress(turn, node, stream):
+            return
         turn.invalid_answers += 1
         if turn.invalid_answers > node.retries:
             turn.invalid_answers = 0
@@ -409,6 +517,53 @@ class DialogueManager:
         text = node.invalid.get(turn.lang) if node.invalid else self._text("invalid", turn.lang)
         quick = tuple(q.get(turn.lang) for q in node.quick_replies)
         self._say(turn, render(text, turn.slots), "dialogue", quick)
+
+    async def _digress(self, turn: _Turn, node: Node, stream: StreamFn) -> bool:
+        """A message that is not the value and does not try to be: handled, then the question asked again.
+        False when it looks like an attempt at the value (it counts toward ``retries``)."""
+        lang = turn.lang
+        quick = tuple(q.get(lang) for q in node.quick_replies)
+        reprompt = render((node.reprompt or node.prompt or Text({"zh": ""})).get(lang), turn.slots)
+        edge = self._requested_route(turn)
+        if edge is not None:
+            self._counters.digressions.labels("route").inc()
+            if edge.to == node.name:  # asks again for what is being done: just the question
+                self._say(turn, reprompt, "dialogue", quick)
+            else:
+                turn.invalid_answers = 0
+                await self._run(turn, edge.to, stream)
+            return True
+        if turn.sentiment.angry:
+            self._counters.digressions.labels("anger").inc()
+            self._say(turn, f"{self._text('calm', lang)}\n{reprompt}", "dialogue", quick)
+            return True
+        if turn.act.act == "other" and self._attempt(node, turn):
+            return False
+        if turn.act.is_question or self._faq_score(turn) >= self.faq.threshold:
+            self._counters.digressions.labels("answer").inc()
+            await self._answer_faq(turn, stream)
+        else:
+            self._counters.digressions.labels("other").inc()
+        self._say(turn, reprompt, "dialogue", quick)
+        return True
+
+    def _requested_route(self, turn: _Turn) -> Edge | None:
+        """The global route a request inside a collection asks for (我要投诉, 帮我看看 app 闪退), if any."""
+        if not turn.act.is_request:
+            return None
+        for edge in self.graph.entry_node.explicit:
+            if edge.kind == "intent" and (not edge.when or "request" in edge.when) and self._matches(edge, turn):
+                return edge
+        return None
+
+    @staticmethod
+    def _attempt(node: Node, turn: _Turn) -> bool:
+        """Looks like a try at the value: digits or one Latin token for a pattern, or any short reply
+        (不知道, 没有). Only asked of messages that are neither a question nor a request."""
+        compact = re.sub(r"\s+", "", turn.norm)
+        if node.pattern is not None and _ATTEMPT.search(compact):
+            return True
+        return len(compact) <= _SHORT if CJK.search(compact) else len(turn.norm.split()) <= 3
 
     @staticmethod
     def _extract(node: Node, text: str) -> str | None:
@@ -483,6 +638,7 @@ class DialogueManager:
         meta = MappingProxyType({
             "intent": turn.intent.name,
             "confidence": round(turn.intent.confidence, 3),
+            "act": turn.act.act,
             "sentiment": turn.sentiment.label,
             "handed_off": turn.handed_off,
         })
@@ -501,8 +657,9 @@ class DialogueManager:
         )
         if record_user:
             new = new.with_turn(
-                "user", turn.text or note or "", self.history_turns, id=turn.event.id, intent=turn.intent.name,
-                confidence=round(turn.intent.confidence, 3), sentiment=turn.sentiment.label,
+                "user", turn.said or turn.text or note or "", self.history_turns, id=turn.event.id,
+                intent=turn.intent.name, confidence=round(turn.intent.confidence, 3), act=turn.act.act,
+                sentiment=turn.sentiment.label,
             )
         for text, source, _quick, node in turn.replies:
             new = new.with_turn("assistant", text, self.history_turns, source=source, node=node)
@@ -523,6 +680,7 @@ def build_manager(services: Services) -> DialogueManager:
     cfg: Config = services.config
     d = cfg.dialogue
     intents = IntentRecognizer.load(cfg.resolve_path(d.intents_path))
+    speech_acts = SpeechActClassifier.load(cfg.resolve_path(d.speech_acts_path))
     graph = load_graph(cfg.resolve_path(d.path), intents=intents.names,
                        adapters=cfg.engine.adapters.keys() if cfg.engine.kind == "hf" else None)
     extra = []
@@ -541,5 +699,6 @@ def build_manager(services: Services) -> DialogueManager:
         max_new_tokens=cfg.engine.max_new_tokens,
         notifier=notifier,
         waiting=WaitingCare.from_config(cfg.handoff),
+        speech_acts=speech_acts,
         metrics=services.metrics,
     )

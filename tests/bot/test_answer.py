@@ -94,3 +94,42 @@ async def test_engine_down_means_not_ready_but_still_answering() -> None:
         assert status == 200 and body["answer"]
     finally:
         await server.close()
+
+
+# --------------------------------------------------------------------------- 猜你想问 (no engine)
+
+def faq_answerer():
+    from bot.answer import Answerer
+    from bot.config import ROOT, FaqConfig
+    from bot.faq import FaqIndex
+    from bot.metrics import Metrics
+
+    index = FaqIndex.from_config(FaqConfig(), lambda p: ROOT / p)
+    return Answerer(index, None, system_prompt="", deadline_s=1, metrics=Metrics())
+
+
+async def test_an_uncertain_match_offers_the_top_three_questions_and_each_answers_when_tapped() -> None:
+    from bot import messages
+
+    answerer = faq_answerer()
+    query = "会员"  # several membership entries fit: which one is meant?
+    hits = answerer.faq.search(query, k=3)
+    assert answerer.faq.uncertain(hits)
+    answer = await answerer.answer(query)
+    assert answer.source == "unknown" and answer.faq_id is None
+    assert answer.text == messages.text("unknown_suggest", "zh") and "您是想问" in answer.text
+    assert len(answer.suggestions) == 3
+    assert answer.suggestions == tuple(h.entry.question for h in hits)
+    for question in answer.suggestions:
+        tapped = await answerer.answer(question)
+        assert tapped.source == "faq" and answerer.faq.by_id[tapped.faq_id].question == question
+
+
+async def test_far_from_every_entry_says_it_does_not_know_without_suggestions() -> None:
+    answer = await faq_answerer().answer("帮我看看这个保温杯能不能装开水")
+    assert answer.source == "unknown" and answer.suggestions == ()
+
+
+async def test_a_confident_match_answers_from_the_faq() -> None:
+    answer = await faq_answerer().answer("你好，在吗？退宽多久能到账啊，谢谢")
+    assert answer.source == "faq" and answer.faq_id == "refund-progress"

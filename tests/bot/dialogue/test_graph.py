@@ -116,6 +116,38 @@ def test_edge_mistakes_name_the_node() -> None:
     assert "node 'start': edge #1 is a default edge but is not last" in text
 
 
+def test_speech_act_options_on_intent_edges_are_checked() -> None:
+    spec = base()
+    spec["nodes"]["start"]["edges"][0] = {"intent": "refund", "to": "ask", "when": ["request", "other"],
+                                          "offer": {"zh": "申请退款"}}
+    graph = compile_graph(spec, intents=INTENTS)
+    edge = graph.entry_node.edges[0]
+    assert edge.when == {"request", "other"} and edge.offer is not None and graph.offers["申请退款"] is edge
+
+    spec["nodes"]["start"]["edges"] = [
+        {"intent": "refund", "to": "ask", "when": "wish"},
+        {"intent": "human", "to": "agent", "offer": {"zh": "转人工"}},  # a question would follow it anyway
+        {"intent": "tech_fault", "to": "agent", "when": "request", "offer": {"en": "Agent"}},
+        {"if": {"matches": "x"}, "to": "done", "when": "request"},
+        {"default": True, "to": "answer"},
+    ]
+    text = errors(spec)
+    assert "node 'start' edge #1: unknown speech act 'wish'" in text
+    assert "node 'start' edge #2: an 'offer' needs a 'when' without question" in text
+    assert "node 'start' edge #3 offer: has no text for language(s) ['zh']" in text
+    assert "node 'start' edge #4: unknown field 'when' for an if edge" in text
+
+
+def test_cancel_commands_must_be_anchored_and_reprompts_need_known_slots() -> None:
+    spec = base()
+    spec["commands"] = {"cancel": ["算了", "^取消$"], "quit": ["x"]}
+    spec["nodes"]["ask"]["reprompt"] = "继续：请发送 {colour}"
+    text = errors(spec)
+    assert "commands.cancel: '算了' must be anchored with ^" in text
+    assert "unknown command 'quit'" in text
+    assert "reprompt (zh) uses {colour}" in text
+
+
 def test_nodes_that_never_wait_must_not_loop() -> None:
     spec = base()
     spec["nodes"]["done"] = {"kind": "reply", "text": "a", "wait": False, "edges": [{"default": True, "to": "again"}]}

@@ -55,7 +55,8 @@ class Talk:
         self.mgr = DialogueManager(real.graph, real.intents, services.answerer, cfg.dialogue,
                                    history_turns=cfg.state.history_turns, idle_ttl_s=cfg.state.idle_ttl_s,
                                    context_tokens=cfg.engine.context_tokens, max_new_tokens=cfg.engine.max_new_tokens,
-                                   waiting=WaitingCare.from_config(cfg.handoff), clock=self.clock)
+                                   waiting=WaitingCare.from_config(cfg.handoff), speech_acts=real.speech_acts,
+                                   clock=self.clock)
         self.state = DialogueState(key=REF.key)
         self.n = 0
         self.last: tuple[Reply, ...] = ()

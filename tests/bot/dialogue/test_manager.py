@@ -27,11 +27,12 @@ def services() -> Services:
 
 
 def manager(services: Services, spec: dict[str, Any], clock: Any = None) -> DialogueManager:
-    intents = services.hub.handler.intents  # the recognizer trained from config/intents.yaml
-    graph = compile_graph(spec, intents=intents.names)
+    real = services.hub.handler  # the recognizers trained from config/intents.yaml and config/speech_acts.yaml
+    graph = compile_graph(spec, intents=real.intents.names)
     extra = {"clock": clock} if clock else {}
-    return DialogueManager(graph, intents, services.answerer, services.config.dialogue, history_turns=20,
-                           idle_ttl_s=1800, context_tokens=2048, max_new_tokens=256, **extra)
+    return DialogueManager(graph, real.intents, services.answerer, services.config.dialogue, history_turns=20,
+                           idle_ttl_s=1800, context_tokens=2048, max_new_tokens=256, speech_acts=real.speech_acts,
+                           **extra)
 
 
 class Talk:
