@@ -1,4 +1,5 @@
-"""Command line: ``python -m bot serve | faq-eval | intent-eval | speech-act-eval | check-config | data``."""
+"""Command line: ``python -m bot serve | faq-eval | intent-eval | speech-act-eval | check-config | data |
+ab-report``."""
 
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ def cmd_intent_eval(args: argparse.Namespace) -> int:
     from bot.dialogue.intent import IntentRecognizer, load_eval_cases
 
     cfg = _load(args.config)
-    recognizer = IntentRecognizer.load(cfg.resolve_path(cfg.dialogue.intents_path))
+    recognizer = IntentRecognizer.load(cfg.resolve_path(cfg.dialogue.intents_path),
+                                       cfg.resolve_path(cfg.dialogue.intents_labelled_path))
     result = recognizer.evaluate(load_eval_cases(cfg.resolve_path(args.cases or cfg.dialogue.intents_eval_path)))
     examples = sum(len(s.examples) for s in recognizer.specs)
     print(f"intents: {len(recognizer.specs)}; training examples: {examples}; held-out cases: {result.total}")
@@ -170,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     from bot.learning.cli import add_commands as add_learning_commands
 
     learning = add_learning_commands(sub, _load)
-    for p in (serve, faq, check, intent, acts, *learning):
+    from bot.ab.report import add_command as add_ab_report
+
+    ab_report = add_ab_report(sub, _load)
+    for p in (serve, faq, check, intent, acts, ab_report, *learning):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return int(args.func(args))

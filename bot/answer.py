@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bot import messages
+from bot.ab.assign import arm_adapter
 from bot.faq import FaqIndex
 from bot.metrics import Metrics
 from bot.state import HistoryTurn
@@ -93,7 +94,9 @@ class Answerer:
         if self.engine is not None:
             try:
                 knowledge = hits if faq_context else []
-                text = await self._generate(query, lang, history, context, instructions, adapter, knowledge, stream)
+                # the turn's A/B arm, when it has one, chooses the adapter (bot/ab/assign.py says why)
+                text = await self._generate(query, lang, history, context, instructions, arm_adapter(adapter),
+                                            knowledge, stream)
                 if text.strip():
                     return self._record(Answer(text.strip(), "llm"))
                 self.metrics.engine_fallbacks.labels("empty").inc()

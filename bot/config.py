@@ -190,6 +190,7 @@ class DialogueConfig(_Section):
     enabled: bool = True  # false: the simple FAQ/LLM responder answers, no graph
     path: str = "config/dialogue.yaml"
     intents_path: str = "config/intents.yaml"
+    intents_labelled_path: str = "config/intents_labelled.yaml"  # extra examples from label-import; missing = none
     intents_eval_path: str = "config/intents_eval.yaml"
     speech_acts_path: str = "config/speech_acts.yaml"  # request | question | other: start a flow or answer about it
     speech_acts_eval_path: str = "config/speech_acts_eval.yaml"

@@ -52,6 +52,19 @@ class Metrics:
         # is slower than the traffic or away), write_failed (a batch failed its retries), shutdown (left at close)
         self.archive_written = Counter("kefu_archive_written", "Rows written to the archive", ["table"], registry=r)
         self.archive_dropped = Counter("kefu_archive_dropped", "Archive rows dropped", ["reason"], registry=r)
+        # Online A/B tests (bot/ab/): per test and arm, message turns answered, their accept-to-reply latency,
+        # those answered by a fallback instead of the model, and votes (rating = up | down | none)
+        self.ab_turns = Counter("kefu_ab_turns", "Message turns per A/B arm", ["test", "arm"], registry=r)
+        self.ab_latency = Histogram(
+            "kefu_ab_latency_seconds", "Turn latency per A/B arm", ["test", "arm"], buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ab_fallbacks = Counter(
+            "kefu_ab_fallbacks", "Turns per A/B arm answered by a fallback, not the model", ["test", "arm"], registry=r
+        )
+        self.ab_feedback = Counter(
+            "kefu_ab_feedback", "Votes per A/B arm", ["test", "arm", "rating"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

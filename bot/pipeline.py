@@ -61,6 +61,11 @@ class TurnContext:
     # duplicate (they were sent already: nothing left to do)
     outcome: str = "ok"
     timings: dict[str, float] = field(default_factory=dict)
+    # The A/B arm (bot/ab/), set by the ``ab`` step: ``arm`` is "<test>/<arm>" as the archive keeps it,
+    # ``arm_adapter`` the LoRA adapter the arm's model calls use (None: the base model).
+    arm: str | None = None
+    ab_test: str | None = None
+    arm_adapter: str | None = None
 
 
 class Step(Protocol):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 
+from bot.ab.step import AbExperiment
 from bot.answer import Answerer
 from bot.config import Config, ConfigError
 from bot.faq import FaqIndex
@@ -61,11 +62,14 @@ class Services:
             deadline_s=config.hub.engine_deadline_s,
             metrics=self.metrics,
         )
+        self.ab = AbExperiment.from_config(config.engine, self.metrics)  # the enabled A/B test (bot/ab/)
         self.bus: ReplyBus = RabbitBus(config.queue.url, config.queue.name) if config.queue.url else LocalBus()
         handler = self._handler()
         self.hub = Hub(config.hub, self.store, handler, self.metrics, inbox=self._inbox(),
                        origin=self.bus.origin, shares=self.pending_shares, steps=self._steps(handler))
         self.notifiers: list[Notifier] = []  # filled by channels that can reach the team
+        if self.ab is not None:  # before the archive: per-arm counters once the answer went out
+            self.hub.pipeline.after.append(self.ab.after_turn)
         self.archive = self._archive()
         if self.archive is not None:  # every delivered turn and vote, after its answer went out
             self.hub.pipeline.after.append(self.archive.after_turn)
@@ -96,7 +100,17 @@ class Services:
 
     def _steps(self, handler: TurnHandler) -> list[Step]:
         """The deciding part of every turn, on every channel: input filter, stream guard, dialogue,
-        output filter (bot/safety/). ``safety.enabled: false`` leaves the dialogue alone."""
+        output filter (bot/safety/). ``safety.enabled: false`` leaves the dialogue alone. An enabled A/B test
+        assigns the arm first (every turn of the user counts for it) and labels the replies last."""
+        return self._with_ab(self._deciding(handler))
+
+    def _with_ab(self, steps: list[Step]) -> list[Step]:
+        if self.ab is None:
+            return steps
+        assign, tag = self.ab.steps()
+        return [assign, *steps, tag]
+
+    def _deciding(self, handler: TurnHandler) -> list[Step]:
         if not self.config.safety.enabled:
             return [Dialogue(handler)]
         from bot.safety.blocklist import BlocklistError

@@ -12,9 +12,10 @@ threshold the dialogue asks a clarifying question instead of guessing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -105,13 +106,20 @@ class IntentRecognizer:
         with threadpool_limits(limits=1):
             self._model.fit(matrix, labels)
         self._classes: tuple[str, ...] = tuple(str(c) for c in self._model.classes_)
+        # A cache per instance: functools.lru_cache on the method would be the class's and keep every instance
+        # ever built alive (each Services builds one; the FAQ's own jieba dictionary is ~65 MB). Customers
+        # repeat themselves, and one turn may look the same text up twice.
+        self.classify: Callable[[str], tuple[tuple[str, float], ...]] = functools.lru_cache(maxsize=4096)(
+            self._classify)
 
     @property
     def names(self) -> frozenset[str]:
         return frozenset(self.by_name)
 
     @classmethod
-    def load(cls, path: str | Path) -> IntentRecognizer:
+    def load(cls, path: str | Path, labelled: str | Path | None = None) -> IntentRecognizer:
+        """``labelled``: a ``{intent: [texts]}`` file of extra examples (``python -m bot data label-import``);
+        missing means none, and names no longer in ``path`` are ignored so removing an intent never stops a start."""
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except OSError as exc:
@@ -121,7 +129,10 @@ class IntentRecognizer:
         items = data.get("intents") if isinstance(data, dict) else None
         if not isinstance(items, list) or not items:
             raise IntentConfigError(f"{path}: expected a non-empty list under 'intents'")
-        return cls([_parse_spec(path, i, item) for i, item in enumerate(items)])
+        specs = [_parse_spec(path, i, item) for i, item in enumerate(items)]
+        extra = read_labelled(labelled) if labelled is not None else {}
+        return cls([s if not extra.get(s.name) else dataclasses.replace(
+            s, examples=s.examples + tuple(t for t in extra[s.name] if t not in s.examples)) for s in specs])
 
     @staticmethod
     def _compile_rules(specs: Sequence[IntentSpec]) -> tuple[tuple[str, re.Pattern[str]], ...]:
@@ -151,8 +162,7 @@ class IntentRecognizer:
                 best = (span, name)
         return best[1] if best else None
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - lives as long as the process; customers repeat themselves
-    def classify(self, text: str) -> tuple[tuple[str, float], ...]:
+    def _classify(self, text: str) -> tuple[tuple[str, float], ...]:
         """Classifier probabilities, best first."""
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             probs = self._model.predict_proba(self._vectorizer.transform([text]))[0]
@@ -222,6 +232,22 @@ def _parse_spec(path: str | Path, index: int, item: object) -> IntentSpec:
         patterns=tuple(patterns),
         examples=tuple(examples),
     )
+
+
+def read_labelled(path: str | Path) -> dict[str, list[str]]:
+    """Labelled examples ``{intent: [texts]}``; a missing file is none (nothing was labelled yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise IntentConfigError(f"cannot read labelled intents file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise IntentConfigError(f"labelled intents file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise IntentConfigError(f"{path}: expected a mapping {{intent: [texts]}}")
+    return {str(name): [str(t).strip() for t in texts or () if str(t).strip()] for name, texts in data.items()}
 
 
 def load_eval_cases(path: str | Path) -> list[tuple[str, str]]:

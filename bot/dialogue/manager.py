@@ -679,7 +679,7 @@ def build_manager(services: Services) -> DialogueManager:
     """The dialogue manager from the config; raises GraphError (a ConfigError) when the graph cannot run."""
     cfg: Config = services.config
     d = cfg.dialogue
-    intents = IntentRecognizer.load(cfg.resolve_path(d.intents_path))
+    intents = IntentRecognizer.load(cfg.resolve_path(d.intents_path), cfg.resolve_path(d.intents_labelled_path))
     speech_acts = SpeechActClassifier.load(cfg.resolve_path(d.speech_acts_path))
     graph = load_graph(cfg.resolve_path(d.path), intents=intents.names,
                        adapters=cfg.engine.adapters.keys() if cfg.engine.kind == "hf" else None)

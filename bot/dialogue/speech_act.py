@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -117,6 +117,11 @@ class SpeechActClassifier:
         with threadpool_limits(limits=1):  # a tiny problem: more BLAS threads only spin on a busy host
             self._model.fit(matrix, labels)
         self._classes = tuple(str(c) for c in self._model.classes_)
+        # A cache per instance: functools.lru_cache on the method would be the class's and keep every instance
+        # ever built alive (each Services builds one; the FAQ's own jieba dictionary is ~65 MB). Customers
+        # repeat themselves, and one turn may look the same text up twice.
+        self.classify: Callable[[str], tuple[tuple[str, float], ...]] = functools.lru_cache(maxsize=4096)(
+            self._classify)
 
     @classmethod
     def load(cls, path: str | Path) -> SpeechActClassifier:
@@ -158,8 +163,7 @@ class SpeechActClassifier:
                 return act, pattern.pattern
         return None
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - lives as long as the process; customers repeat themselves
-    def classify(self, text: str) -> tuple[tuple[str, float], ...]:
+    def _classify(self, text: str) -> tuple[tuple[str, float], ...]:
         """Classifier probabilities, best first."""
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             form = _form(text)

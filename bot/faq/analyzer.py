@@ -4,6 +4,7 @@ three views the index scores: characters, jieba words, pinyin syllables."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -38,15 +39,24 @@ def content(text: str) -> str:
     return stripped if len(stripped.replace(" ", "")) >= 2 else text
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(words: frozenset[str]) -> jieba.Tokenizer:
+    """One jieba dictionary per word list, shared by every index built with it: a dictionary is ~65 MB, and it
+    is only read once built (a process, or a test run, builds many indexes of the same FAQ)."""
+    tokenizer = jieba.Tokenizer()
+    for word in sorted(words):
+        tokenizer.add_word(word, freq=20000)
+    tokenizer.initialize()
+    return tokenizer
+
+
 class Analyzer:
     """Owns its own jieba dictionary (with the synonym table's words added), so the FAQ's vocabulary never
     changes how the intent recognizer, which uses jieba's global one, cuts a sentence."""
 
     def __init__(self, synonyms: Synonyms, phrasings: Iterable[str]) -> None:
         self.synonyms = synonyms
-        self.tokenizer = jieba.Tokenizer()
-        for word in synonyms.words:
-            self.tokenizer.add_word(word, freq=20000)
+        self.tokenizer = _tokenizer(frozenset(synonyms.words))
         texts = [synonyms.rewrite(normalize(p)) for p in phrasings]
         english = {w for t in texts if t.isascii() for w in re.findall(r"[a-z]+", t)}
         vocab = {w for t in texts for w in self.tokenizer.lcut(t)} | set(synonyms.canonical) | synonyms.words

@@ -100,6 +100,10 @@ class FaqIndex:
         texts = [self.analyzer.prepare(t) for t in raw]
         owners = np.asarray(owner)
         self._owner_groups = [np.flatnonzero(owners == i) for i in range(len(self.entries))]
+        # A cache per instance: functools.lru_cache on the method would be the class's and keep every instance
+        # ever built alive (each Services builds one; the FAQ's own jieba dictionary is ~65 MB). Customers
+        # repeat themselves, and one turn may look the same text up twice.
+        self._ranked: Callable[[str], tuple[FaqHit, ...]] = functools.lru_cache(maxsize=4096)(self._rank)
         self._phrasings = _Views(texts, self.analyzer, (1, 3))
         docs = [" ".join(t for t, o in zip(texts, owner, strict=True) if o == i) for i in range(len(self.entries))]
         self._documents = _Views(docs, self.analyzer, (1, 2))
@@ -131,8 +135,7 @@ class FaqIndex:
         may look the same text up twice."""
         return list(self._ranked(self.analyzer.prepare(query))[:k])
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - the index lives as long as the process
-    def _ranked(self, prepared: str) -> tuple[FaqHit, ...]:
+    def _rank(self, prepared: str) -> tuple[FaqHit, ...]:
         if not prepared.strip():
             return ()
         clauses = self.analyzer.clauses(prepared)
