@@ -174,6 +174,8 @@ async def open_deployment(redis_url: str, rabbit: str, key_prefix: str, tmp_path
         "BOT__WECOM__SECRET": "app-secret", "BOT__WECOM__AGENT_ID": "1000002", "BOT__WECOM__API_BASE": wecom.url,
         "BOT__WECOM__REPLAY_WINDOW_S": "0", "BOT__WECOM__USER_RATE_PER_MIN": "10000",
         "BOT__WEB__ENABLED": "false",
+        # the archive has its own tests (tests/bot/archive); here three processes would share one SQLite file
+        "BOT__ARCHIVE__ENABLED": "false",
     }
     client = aioredis.from_url(redis_url, decode_responses=True)
     http = aiohttp.ClientSession()

@@ -76,8 +76,9 @@ def test_tiny_model_is_a_real_qwen2_checkpoint(tiny_model: Path) -> None:
 async def test_greedy_generation_equals_plain_generate(hf_engine: HFEngine) -> None:
     for text in QUESTIONS:
         got = await generate(hf_engine, ask(text))
-        # 24 tokens may end inside a character: the engine drops those bytes, decode() shows U+FFFD
-        assert got == (await reference(hf_engine, text, None, 24))[0].rstrip(REPLACEMENT)
+        # Tokens that do not make a whole character (at the end of 24 tokens, or a random model's stray byte
+        # tokens inside the text) are dropped by the engine; decode() shows them as U+FFFD
+        assert got == (await reference(hf_engine, text, None, 24))[0].replace(REPLACEMENT, "")
         assert got
 
 
