@@ -174,24 +174,6 @@ def summarize(test: str, arm_order: Sequence[str], turns: Iterable[Mapping[str, 
     return report
 
 
-def _votes(db: ArchiveDb) -> dict[tuple[str, str, str], str]:
-    from sqlalchemy import select
-
-    from bot.archive.schema import feedback
-
-    latest: dict[tuple[str, str, str], str] = {}
-    stmt = (select(feedback.c.channel, feedback.c.tenant, feedback.c.rated_event_id, feedback.c.rating)
-            .where(feedback.c.rated_event_id.is_not(None))
-            .order_by(feedback.c.created_at, feedback.c.id))
-    for row in db.stream(stmt):
-        key = (row["channel"], row["tenant"], row["rated_event_id"])
-        if row["rating"] == "none":
-            latest.pop(key, None)
-        else:
-            latest[key] = row["rating"]
-    return latest
-
-
 def report(db: ArchiveDb, configured: Sequence[AbTest], *, test: str | None = None,
            since: dt.date | None = None) -> list[AbTestReport]:
     """One report per test found in the archive (or the one named), arms in the configured order (the
@@ -213,7 +195,7 @@ def report(db: ArchiveDb, configured: Sequence[AbTest], *, test: str | None = No
         name, sep, _arm = str(row["arm"]).partition("/")
         if sep:
             by_test.setdefault(name, []).append(row)
-    votes = _votes(db) if by_test else {}
+    votes = db.latest_votes() if by_test else {}
     known = {t.name: t for t in configured}
     out = []
     for name in sorted(by_test) if test is None else [test]:

@@ -139,3 +139,14 @@ class ArchiveDb:
         with self.engine.connect() as conn:
             for row in conn.execution_options(yield_per=batch).execute(stmt):
                 yield dict(row._mapping)
+
+    def latest_votes(self) -> dict[tuple[str, str, str], str]:
+        """(channel, tenant, rated event id) -> the last vote on that turn, ``up`` or ``down``; a vote taken back
+        (``none``) leaves the turn unrated. For the training export and the A/B report alike."""
+        latest: dict[tuple[str, str, str], str] = {}
+        stmt = (select(feedback.c.channel, feedback.c.tenant, feedback.c.rated_event_id, feedback.c.rating)
+                .where(feedback.c.rated_event_id.is_not(None))
+                .order_by(feedback.c.created_at, feedback.c.id))
+        for row in self.stream(stmt):
+            latest[(row["channel"], row["tenant"], row["rated_event_id"])] = row["rating"]
+        return {key: rating for key, rating in latest.items() if rating in ("up", "down")}

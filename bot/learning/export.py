@@ -67,21 +67,6 @@ def _day_start(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
-def ratings(db: ArchiveDb) -> dict[tuple[str, str, str], str]:
-    """(channel, tenant, rated event id) -> the last vote on it; votes taken back are left out."""
-    from sqlalchemy import select
-
-    from bot.archive.schema import feedback
-
-    latest: dict[tuple[str, str, str], str] = {}
-    stmt = (select(feedback.c.channel, feedback.c.tenant, feedback.c.rated_event_id, feedback.c.rating)
-            .where(feedback.c.rated_event_id.is_not(None))
-            .order_by(feedback.c.created_at, feedback.c.id))
-    for row in db.stream(stmt):
-        latest[(row["channel"], row["tenant"], row["rated_event_id"])] = row["rating"]
-    return {key: rating for key, rating in latest.items() if rating in ("up", "down")}
-
-
 def _short(text: str) -> str:
     return text if len(text) <= CONTEXT_CHARS_PER_TEXT else text[:CONTEXT_CHARS_PER_TEXT] + "…"
 
@@ -97,7 +82,7 @@ def archived_records(db: ArchiveDb, flt: ExportFilter, report: ExportReport | No
     from bot.archive.schema import turns
 
     report = report if report is not None else ExportReport()
-    votes = ratings(db)
+    votes = db.latest_votes()
     stmt = select(turns).where(turns.c.kind == "message")
     if flt.since is not None:
         stmt = stmt.where(turns.c.created_at >= _day_start(flt.since))
