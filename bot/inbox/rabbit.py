@@ -53,9 +53,9 @@ conversation) and runs it again at once with ``redelivered`` set and the next ``
 in-process inbox; at ``delivery_limit`` attempts it is rejected into ``{name}.dead``. What the worker holds
 is therefore always in delivery order, and whatever goes back to the broker goes back in order. The
 broker's ``x-delivery-limit`` stays as the backstop for events whose handling kills the worker (each
-crash returns them with ``x-delivery-count`` + 1). For the same reason a handover does not
-``basic.cancel`` without a lease in Redis (nothing stops a second worker from waiting as a standby and
-overtaking): it keeps the consumer, starts nothing new, and closes the channel.
+crash returns them with ``x-delivery-count`` + 1). For the same reason a handover never ``basic.cancel``s
+(another worker may be waiting as the standby, even while the lease looks ours: see :meth:`_retire`): it keeps
+the consumer, starts nothing new, and closes the channel.
 """
 
 from __future__ import annotations
@@ -463,7 +463,7 @@ class RabbitInbox:
                 continue
             if index not in held:
                 log.warning("lease on partition %d is held by another worker; handing it over", index)
-                self._retire_soon(part, cancel=False)
+                self._retire_soon(part)
             elif index not in assigned:
                 self._retire_soon(part)
         for index in sorted(assigned - set(self._owned)):
@@ -620,31 +620,27 @@ class RabbitInbox:
             log.warning("could not settle %s event %s: %s", item.delivery.event.ref.channel, item.delivery.event.id,
                         type(exc).__name__)
 
-    def _retire_soon(self, part: _Partition, *, cancel: bool = True) -> None:
+    def _retire_soon(self, part: _Partition) -> None:
         part.retiring = True
-        task = asyncio.create_task(self._retire(part, RELEASE_DRAIN_S, cancel=cancel),
+        task = asyncio.create_task(self._retire(part, RELEASE_DRAIN_S),
                                    name=f"hand over {self.queue_name(part.index)}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _retire(self, part: _Partition, drain_s: float, *, cancel: bool = True) -> int:
+    async def _retire(self, part: _Partition, drain_s: float) -> int:
         """Hand a partition over: start nothing more, give the running events up to ``drain_s`` (or until
         hurried) to finish, close the channel (the broker gives the rest back, in order), release the lease.
         Returns how many events went back unfinished.
 
-        ``cancel`` (only while the lease is still ours): cancel the consumer first, so fewer deliveries
-        come in to be handed back. Never once another worker holds the lease: its consumer may already be
-        waiting as the standby, and a cancel would make it active while this worker still holds
-        unacknowledged earlier events of the same conversations, which it would then get *after* later
-        ones (answers out of order). Closing the channel instead returns those first."""
+        Never ``basic.cancel`` first, even with the lease in hand: a lease can lapse and be claimed and then
+        come back to us (both workers slow under load, the renew script takes a lapsed lease again), so another
+        worker may already wait as the single-active standby. A cancel would make it active at once while this
+        worker still holds unacknowledged earlier events of the same conversations, which the standby would
+        then get *after* later ones (answers out of order: seen under load in the e2e test). Closing the
+        channel returns what this worker holds first, in delivery order, whoever consumes next. The cost is
+        small: deliveries that arrive during the drain go back with the prefetched ones."""
         part.retiring = True
         part.accepting = False
-        if cancel and self.redis is not None and part.tag is not None and not part.lost():
-            # With the lease held nobody else consumes this partition, so cancelling activates no standby.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_OP_TIMEOUT_S):
-                    queue = await part.channel.get_queue(self.queue_name(part.index), ensure=False)
-                    await queue.cancel(part.tag)
         if part.running:
             waits = [asyncio.ensure_future(part.idle.wait()), asyncio.ensure_future(part.hurry.wait())]
             try:
