@@ -1,5 +1,5 @@
 """Command line: ``python -m bot serve | faq-eval | intent-eval | speech-act-eval | check-config | data |
-ab-report``."""
+ab-report | console``."""
 
 from __future__ import annotations
 
@@ -147,6 +147,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from bot.console.cli import run
+
+    return run(args, _load(args.config))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="kefu-hub customer-service bot hub")
     parser.add_argument("--config", help="YAML config file (default: $BOT_CONFIG or config/default.yaml)")
@@ -175,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     from bot.ab.report import add_command as add_ab_report
 
     ab_report = add_ab_report(sub, _load)
-    for p in (serve, faq, check, intent, acts, ab_report, *learning):
+    from bot.console.cli import add_parser as add_console
+
+    console = add_console(sub)
+    console.set_defaults(func=cmd_console)
+    for p in (serve, faq, check, intent, acts, ab_report, console, *learning):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return int(args.func(args))

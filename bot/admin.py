@@ -19,6 +19,9 @@ unconfigured hub answers 404 rather than exposing customer data.
   stays silent) and the answer is recorded in the history.
 - ``POST /api/agent/release`` ``{channel, user_id}``: the bot takes over again.
 
+Both go through the agent console's desk (bot/console/desk.py), so the console's inbox and live feed see
+them; the admin token acts above the console's agents (it neither needs nor changes who holds a conversation).
+
 A conversation is addressed as on the platform: ``channel`` and ``user_id``,
 plus ``tenant`` (WeCom corp, DingTalk org) and ``conversation_id`` when it is
 not the user's own single chat. A web visitor is addressed by the session
@@ -42,13 +45,13 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.console.desk import DeliveryFailed
 from bot.decode import DecodeError, has_surrogates
-from bot.dialogue import handoff
 from bot.http import HttpError, bearer_token, json_response, query_one, read_fields
 from bot.hub import ReplySink
 from bot.services import Services
 from bot.state import DialogueState
-from bot.types import ConversationRef, Reply
+from bot.types import ConversationRef
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class AdminApi:
         ref = _path_ref(request)
         services = self.services
         await services.store.delete(ref.key)
+        await services.desk.forget(ref.key)  # the console's inbox row
         deleted = records = 0
         if services.redis is not None:
             keys = services.keys
@@ -149,13 +153,13 @@ class AdminApi:
         ref = _ref(body.data)
         text = body.text("text", max_chars=_MAX_TEXT)
         agent = body.opt_text("agent", max_chars=_MAX_ID)
-        sink = self._sink(ref.channel)
-        limit = self.services.config.state.history_turns
-        state = await self.services.hub.update_state(
-            ref.key, lambda s: handoff.agent_replied(s, text.strip(), limit, agent)
-        )
-        target = state.ref or ref
-        await self._deliver(sink, Reply(to=target, text=text.strip(), source="agent"))
+        self._sink(ref.channel)
+        try:
+            state = await self.services.desk.reply(ref, None, text, display=agent)
+        except ValueError:
+            raise HttpError(400, "invalid_text", f"'text' must have 1-{_MAX_TEXT} characters") from None
+        except DeliveryFailed as exc:
+            raise HttpError(502, "delivery_failed", str(exc)) from None
         return json_response({"delivered": True, "handed_off": state.handed_off, "key": ref.key})
 
     async def agent_release(self, request: web.Request) -> web.Response:
@@ -163,18 +167,16 @@ class AdminApi:
         body = await read_fields(request, self.services.config.server.max_body_bytes)
         ref = _ref(body.data)
         notify = body.boolean("notify", default=True)
-        sink = self._sink(ref.channel)
+        self._sink(ref.channel)
         current = await self.services.store.load(ref.key)
         if current.version == 0:
             raise HttpError(404, "not_found", "no such conversation to release")
-        if not current.handed_off:
+        try:
+            released = await self.services.desk.release(ref, None, notify=notify, force=True)
+        except DeliveryFailed as exc:
+            raise HttpError(502, "delivery_failed", str(exc)) from None
+        if not released:
             return json_response({"released": False, "key": ref.key, "message": "the bot already has it"})
-        lang = current.lang or "zh"
-        notice = handoff.released_text(lang) if notify else None
-        limit = self.services.config.state.history_turns
-        state = await self.services.hub.update_state(ref.key, lambda s: handoff.released(s, notice, limit))
-        if notice:
-            await self._deliver(sink, Reply(to=state.ref or ref, text=notice, source="system"))
         return json_response({"released": True, "key": ref.key})
 
     def _sink(self, channel: str) -> ReplySink:
@@ -182,16 +184,6 @@ class AdminApi:
             return self.services.hub.sink(channel)
         except KeyError:
             raise HttpError(404, "unknown_channel", "no such channel is running") from None
-
-    @staticmethod
-    async def _deliver(sink: ReplySink, reply: Reply) -> None:
-        try:
-            await sink.deliver(None, [reply])
-        except Exception as exc:
-            log.exception("delivering an agent message to %s failed", reply.to.key)
-            # the exception's text may hold a platform URL with its token: only its kind leaves
-            raise HttpError(502, "delivery_failed",
-                            f"{reply.to.channel} could not deliver it ({type(exc).__name__})") from None
 
 
 def _path_ref(request: web.Request) -> ConversationRef:

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import yaml
 from aiohttp import web
@@ -24,6 +25,9 @@ from bot.config import ROOT, Config
 from bot.http import METRICS_KEY, HttpError, error_middleware, json_response
 from bot.logsafe import redact_url
 from bot.services import Role, Services
+
+if TYPE_CHECKING:
+    from bot.console.web import ConsoleApp
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,10 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
         from bot.admin import AdminApi
 
         app.router.add_routes(AdminApi(services).routes())
+    console = _console(config, services) if config.console.enabled and services.takes_events else None
+    if console is not None:
+        app.router.add_routes(console.auth.routes())
+        app.router.add_routes(console.routes())
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await services.start()
@@ -73,6 +81,8 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
 
     async def end_long_requests(_app: web.Application) -> None:
         """Before aiohttp waits for open handlers: end streams (SSE) so shutdown is not held up."""
+        if console is not None:
+            await console.shutdown()
         for half in inbound:
             shutdown = getattr(half, "shutdown", None)
             if shutdown is not None:
@@ -81,6 +91,17 @@ def create_app(config: Config, services: Services | None = None, role: Role = "a
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(end_long_requests)
     return app
+
+
+def _console(config: Config, services: Services) -> ConsoleApp:
+    """The agent console (bot/console/): sign-in, pages, JSON calls and live events, on gateways."""
+    from bot.console.accounts import Accounts
+    from bot.console.auth import ConsoleAuth
+    from bot.console.web import ConsoleApp
+
+    accounts = Accounts(config.resolve_path(config.console.agents_path))
+    auth = ConsoleAuth(config, services.kv, services.keys, accounts)
+    return ConsoleApp(services, auth)
 
 
 @functools.cache

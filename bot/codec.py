@@ -64,6 +64,7 @@ def encode_event(event: Event) -> bytes:
         "lang": event.lang,
         "cd": _plain(event.channel_data),
         "origin": event.origin,
+        "sn": event.sender_name,
     }
     return _dumps(body).encode()
 
@@ -99,6 +100,7 @@ def decode_event(raw: bytes | str) -> Event:
             lang=_opt_str(d.get("lang")),
             channel_data=_frozen(d.get("cd") or {}),
             origin=_str(d.get("origin") or ""),
+            sender_name=_opt_str(d.get("sn")),
         )
     except CodecError:
         raise

@@ -297,6 +297,20 @@ class AdminConfig(_Section):
     token: str = ""  # the admin API is off while this is empty
 
 
+class ConsoleConfig(_Section):
+    """The agent console at ``/console`` (bot/console/): sign-in, inbox, conversations, FAQ curation, dashboard."""
+
+    enabled: bool = True  # served by gateways; without accounts the sign-in page says how to add one
+    agents_path: str = "config/agents.yaml"  # accounts and argon2 hashes (git-ignored): python -m bot console add-agent
+    canned_path: str = "config/canned.yaml"  # canned answers offered in the reply box
+    session_idle_s: int = Field(8 * 3600, gt=0)  # a console session unused this long ends
+    session_max_s: int = Field(24 * 3600, gt=0)  # every session ends this long after sign-in, used or not
+    cookie_secure: Literal["auto", "always", "never"] = "auto"  # auto: Secure when the request came over HTTPS
+    login_failures: int = Field(5, gt=0)  # failed sign-ins per account name, and 4x that per address, per window
+    login_window_s: int = Field(900, gt=0)  # ... then sign-in answers 429 until the window passes
+    faq_poll_s: float = Field(5.0, gt=0)  # how often each process looks for FAQ changes made on another
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access: bool = False  # one line per HTTP request (costs a turn ~8%); /metrics counts requests either way
@@ -337,6 +351,7 @@ class Config(_Section):
     safety: SafetyConfig = SafetyConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     admin: AdminConfig = AdminConfig()
+    console: ConsoleConfig = ConsoleConfig()
     logging: LoggingConfig = LoggingConfig()
     archive: ArchiveConfig = ArchiveConfig()
 

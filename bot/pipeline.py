@@ -36,6 +36,7 @@ from bot.types import Event, Reply
 log = logging.getLogger(__name__)
 
 MARK_SENT_PATIENCE_S = 30.0
+AFTER_ASYNC_S = 5.0
 CAS_ATTEMPTS = 12  # with jittered backoff; contention needs two processes on one conversation
 
 
@@ -55,6 +56,7 @@ class TurnContext:
     redelivered: bool = False
     stream: StreamFn = no_stream
     state: DialogueState | None = None
+    loaded: DialogueState | None = None  # the state as the turn found it, before any step changed it
     replies: tuple[Reply, ...] = ()
     decided: bool = False  # a deciding step answered; the rest of the deciding steps are skipped
     # ok | timeout | error | send_error; from the ledger: resent (the recorded replies go out again),
@@ -116,6 +118,9 @@ class TurnPipeline:
         # the outcome known: the conversation archive. Synchronous and expected not to block; an exception
         # is logged and the turn goes on.
         self.after: list[Callable[[TurnContext], None]] = []
+        # Then these, awaited in turn, each within AFTER_ASYNC_S: work that needs I/O once the turn is saved
+        # and sent (the agent console's inbox, bot/console/desk.py). A failure or a timeout is logged only.
+        self.after_async: list[Callable[[TurnContext], Awaitable[None]]] = []
         self.load = LoadState(store)
         self.deciding = tuple(deciding)
         self.deliver = deliver
@@ -161,12 +166,23 @@ class TurnPipeline:
             except Exception:
                 log.exception("after-turn hook %s failed for %s event %s", getattr(hook, "__qualname__", hook),
                               event.ref.channel, event.id)
+        for async_hook in self.after_async:
+            try:
+                async with asyncio.timeout(AFTER_ASYNC_S):
+                    await async_hook(ctx)
+            except StoreDown as exc:
+                log.warning("after-turn hook %s skipped for %s event %s: %s",
+                            getattr(async_hook, "__qualname__", async_hook), event.ref.channel, event.id, exc)
+            except Exception:
+                log.exception("after-turn hook %s failed for %s event %s",
+                              getattr(async_hook, "__qualname__", async_hook), event.ref.channel, event.id)
 
     async def _decide(self, ctx: TurnContext) -> None:
         for attempt in range(CAS_ATTEMPTS):
             ctx.decided = False
             await self._timed("load", self.load.run, ctx)
             assert ctx.state is not None
+            ctx.loaded = ctx.state
             loaded = ctx.state.version
             for step in self.deciding:
                 if ctx.decided and not getattr(step, "checks", False):

@@ -10,7 +10,11 @@ import aiohttp
 from bot.ab.step import AbExperiment
 from bot.answer import Answerer
 from bot.config import Config, ConfigError
+from bot.console.board import Board, open_board
+from bot.console.desk import AgentDesk
+from bot.console.feed import ConsoleFeed, open_feed
 from bot.faq import FaqIndex
+from bot.faq.curation import FaqCuration
 from bot.hub import Hub
 from bot.inbox import Inbox
 from bot.metrics import Metrics
@@ -29,6 +33,7 @@ from engine.factory import open_engine
 
 if TYPE_CHECKING:
     from bot.archive.writer import ArchiveWriter
+    from bot.safety.output_filter import OutputFilter
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ class Services:
         )
         self.ab = AbExperiment.from_config(config.engine, self.metrics)  # the enabled A/B test (bot/ab/)
         self.bus: ReplyBus = RabbitBus(config.queue.url, config.queue.name) if config.queue.url else LocalBus()
+        self.output_filter: OutputFilter | None = None  # set by _deciding; FAQ curation replaces its operator texts
         handler = self._handler()
         self.hub = Hub(config.hub, self.store, handler, self.metrics, inbox=self._inbox(),
                        origin=self.bus.origin, shares=self.pending_shares, steps=self._steps(handler))
@@ -73,6 +79,14 @@ class Services:
         self.archive = self._archive()
         if self.archive is not None:  # every delivered turn and vote, after its answer went out
             self.hub.pipeline.after.append(self.archive.after_turn)
+        # The agent console's inbox rows and live events (bot/console/), shared by every process through Redis;
+        # the desk's hook keeps the rows current wherever turns run (it costs nothing on ordinary turns).
+        self.board: Board = open_board(client, self.keys)
+        self.feed: ConsoleFeed = open_feed(client, self.redis_blocking, self.keys)
+        self.desk = AgentDesk(self)
+        self.hub.pipeline.after_async.append(self.desk.after_turn)
+        # FAQ curation from the console: its change log lives in the archive database (bot/faq/curation.py)
+        self.curation: FaqCuration | None = FaqCuration(self) if self.archive is not None else None
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -126,6 +140,7 @@ class Services:
             internal=internal_texts(self.config.engine.system_prompt, getattr(handler, "graph", None)),
             operator_texts=[entry.answer for entry in self.faq.by_id.values()] + list(self.config.privacy.keep),
         )
+        self.output_filter = checks_out
         return [checks_in, checks_out.stream_step(), Dialogue(handler), checks_out]
 
     def _archive(self) -> ArchiveWriter | None:
@@ -166,6 +181,9 @@ class Services:
         await self.bus.start()
         if self.archive is not None:
             await self.archive.start()
+        await self.feed.start()
+        if self.curation is not None:  # the curated FAQ before the first turn
+            await self.curation.start()
         if self.engine is not None and self.answers_events:
             try:
                 await self.engine.start()
@@ -175,7 +193,10 @@ class Services:
                 self.metrics.engine_fallbacks.labels("load").inc()
 
     async def close(self) -> None:
+        if self.curation is not None:
+            await self.curation.close()
         await self.hub.close()
+        await self.feed.close()  # after the hub: its last turns still publish; ends the console's live streams
         if self.archive is not None:  # after the hub: the turns it finished are archived too
             await self.archive.close()
         await self.bus.close()

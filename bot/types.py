@@ -63,6 +63,7 @@ class Event:
     lang: str | None = None  # language hint from the channel (browser, client)
     channel_data: Mapping[str, Any] = field(default_factory=_empty)  # platform specifics; core never reads it
     origin: str = ""  # the gateway process that accepted it, for answers that must go back to that process
+    sender_name: str | None = None  # the customer's display name where the platform gives one (DingTalk nick)
 
     @property
     def dedup_key(self) -> str:

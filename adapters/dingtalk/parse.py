@@ -161,4 +161,5 @@ def parse_message(data: Mapping[str, Any]) -> Event:
         text=text,
         attachments=attachments,
         channel_data=MappingProxyType(channel_data),
+        sender_name=channel_data["sender_nick"] or None,
     )

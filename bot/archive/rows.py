@@ -16,6 +16,10 @@ RATINGS = ("up", "down", "none")
 _MAX_LATENCY_MS = 2**31 - 1
 # The reply that carries the answer when a turn sends several (a greeting before an FAQ answer ...).
 _ANSWERING = ("faq", "llm", "agent", "dialogue", "fallback", "safety")
+# The node a turn that handed the conversation to a person is archived with: "handoff:<reason>". The schema has
+# no column for it, and neither the node (a safety handoff has none) nor the source says it: the console's
+# dashboard counts handoffs by this prefix (bot/console/stats.py).
+HANDOFF_NODE = "handoff:"
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -32,6 +36,15 @@ def _main(replies: tuple[Reply, ...]) -> Reply | None:
     return replies[0] if replies else None
 
 
+def _handoff(ctx: TurnContext) -> str | None:
+    """The reason, when this turn handed the conversation over (it found it with the bot and leaves it with a
+    person). A resent answer carries no state: its handoff, decided before a crash, goes uncounted."""
+    state, before = ctx.state, ctx.loaded
+    if state is None or not state.handed_off or (before is not None and before.handed_off):
+        return None
+    return state.handoff.reason if state.handoff is not None else "unknown"
+
+
 def turn_row(ctx: TurnContext, now: dt.datetime | None = None) -> dict[str, Any] | None:
     """None for what is no turn: a vote (the feedback table's), a duplicate (nothing sent), a platform
     event nobody answered."""
@@ -45,6 +58,7 @@ def turn_row(ctx: TurnContext, now: dt.datetime | None = None) -> dict[str, Any]
     source = main.source if main is not None else "unknown"
     lang = event.lang or (ctx.state.lang if ctx.state is not None else None)
     latency_ms = int(max(0.0, time.time() - event.received_at) * 1000)
+    handoff = _handoff(ctx)
     return {
         "created_at": now or dt.datetime.now(dt.UTC),
         "channel": event.ref.channel[:32],
@@ -57,7 +71,7 @@ def turn_row(ctx: TurnContext, now: dt.datetime | None = None) -> dict[str, Any]
         "replies": len(ctx.replies),
         "source": source if source in SOURCES else "unknown",
         "faq_id": _text(meta.get("faq_id"), 128),
-        "node": _text(meta.get("node"), 128),
+        "node": _text(HANDOFF_NODE + handoff if handoff else meta.get("node"), 128),
         "intent": _text(meta.get("intent"), 128),
         "adapter": _text(meta.get("adapter"), 128),
         "arm": _text(getattr(ctx, "arm", None) or meta.get("arm"), 64),  # A/B arms fill this later

@@ -77,3 +77,21 @@ feedback = Table(
     Index(None, "created_at"),
     Index(None, "rated_event_id"),
 )
+
+
+# The FAQ curation log (bot/faq/curation.py): append-only, one row per change an agent made in the console; the
+# current FAQ is config/faq.yaml with these folded over it in id order. Texts are what the agent wrote for
+# customers (answers may carry the company's own phone number), so they are stored as written; retention and
+# erasure leave this table alone (it is who changed what, not a conversation).
+faq_changes = Table(
+    "faq_changes",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),  # UTC
+    Column("agent", String(128), nullable=False),  # the console account's name
+    Column("action", String(32), nullable=False),  # edit_answer | add_paraphrase | remove_paraphrase | pin | unpin
+    Column("faq_id", String(128), nullable=False),  # a pinned entry's is "pin-<id of its pin row>"
+    Column("question", Text),  # pin: the question customers keep asking
+    Column("text", Text, nullable=False),  # the new answer, or the paraphrase
+    Index(None, "faq_id"),
+)

@@ -288,6 +288,18 @@ class ArchiveWriter:
         except Exception as exc:
             raise ArchiveUnavailable(f"{self.where} ({type(exc).__name__})") from None
 
+    async def run(self, fn: Callable[[ArchiveDb], T]) -> T:
+        """``fn(db)`` on the archive's own thread, for the console's reads and its FAQ change log (a blocking
+        database call never runs on the event loop). Raises :class:`ArchiveUnavailable` when the database
+        cannot be reached or the call fails; only the error's class is kept (its text can quote parameters)."""
+        db = await self._connect(force=True)
+        if db is None:
+            raise ArchiveUnavailable(self.where)
+        try:
+            return await self._call(fn, db)
+        except Exception as exc:
+            raise ArchiveUnavailable(f"{self.where} ({type(exc).__name__})") from None
+
     async def open_db(self) -> ArchiveDb:
         """The database for readers in this process (tests, admin tools)."""
         db = await self._connect(force=True)

@@ -83,6 +83,7 @@ from bot.turn import TurnResult
 from bot.types import Event, EventKind, Reply
 
 if TYPE_CHECKING:
+    from bot.faq import FaqIndex
     from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,6 @@ class DialogueManager:
         self.graph = graph
         self.intents = intents
         self.answerer = answerer
-        self.faq = answerer.faq
         self.cfg = cfg
         self.history_turns = history_turns
         self.idle_ttl_s = idle_ttl_s
@@ -183,6 +183,11 @@ class DialogueManager:
             for lang, faq_id in node.faq_id.by_lang.items() if node.faq_id else ():
                 if faq_id not in self.faq.by_id:
                     raise GraphError(f"dialogue graph: node {node.name!r}: faq_id ({lang}) {faq_id!r} is no FAQ entry")
+
+    @property
+    def faq(self) -> FaqIndex:
+        """The answerer's index, read each time: FAQ curation swaps it (bot/faq/curation.py) without a restart."""
+        return self.answerer.faq
 
     # ------------------------------------------------------------------ the turn
     async def handle(self, event: Event, state: DialogueState, stream: StreamFn) -> TurnResult:

@@ -205,6 +205,11 @@ class OutputChecker:
         # an earlier turn's number is unknown again and repeating it is replaced (safe, if less helpful).
         self.key = cfg.pii_secret.encode() if cfg.pii_secret else secrets.token_bytes(32)
 
+    def set_operator_texts(self, texts: Iterable[str]) -> None:
+        """The operator's texts changed (FAQ curation, bot/faq/curation.py): a curated answer that gives the
+        company's number must not read as leaked personal data in the next turn, on this process."""
+        self.allowed = frozenset(self._canonical_all(self.cfg.allowed_pii)) | frozenset(self.values_in(texts))
+
     def _canonical_all(self, texts: Iterable[str]) -> set[str]:
         """Canonical values of the personal data in ``texts`` (an allowed value may also be written bare)."""
         out: set[str] = set()
@@ -363,6 +368,10 @@ class OutputFilter:
 
     def stream_step(self) -> GuardStream:
         return GuardStream(self.checker)
+
+    def set_operator_texts(self, texts: Iterable[str]) -> None:
+        """Replace the texts given as ``operator_texts`` (the stream guard shares the checker, so it sees them)."""
+        self.checker.set_operator_texts(texts)
 
     async def run(self, ctx: TurnContext) -> None:
         if not self.cfg.enabled or not ctx.replies:

@@ -63,6 +63,7 @@ class Handoff:
     waiting_since: float = 0.0  # ["wait"] since when the customer waits for a person (0: an agent answered last)
     noted: bool = False  # ["noted"] told outside service hours that the message is kept for the agent
     late: bool = False  # ["late"] told that no agent replied in time (and offered the bot)
+    agent: str | None = None  # ["agent"] the console agent holding the conversation (bot/console/desk.py)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"reason": self.reason, "node": self.node, "at": self.since}
@@ -74,6 +75,8 @@ class Handoff:
             out["noted"] = True
         if self.late:
             out["late"] = True
+        if self.agent:
+            out["agent"] = self.agent
         return out
 
     @classmethod
@@ -81,9 +84,11 @@ class Handoff:
         if not isinstance(raw, Mapping) or not raw.get("reason"):
             return None
         node = raw.get("node")
+        agent = raw.get("agent")
         return cls(reason=str(raw["reason"]), node=str(node) if node else None, since=_float(raw.get("at")),
                    agent_at=_float(raw.get("agent_at")), waiting_since=_float(raw.get("wait")),
-                   noted=bool(raw.get("noted")), late=bool(raw.get("late")))
+                   noted=bool(raw.get("noted")), late=bool(raw.get("late")),
+                   agent=str(agent) if agent else None)
 
 
 def ref_to_dict(ref: ConversationRef) -> dict[str, Any]:

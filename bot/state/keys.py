@@ -80,6 +80,21 @@ class Keys:
         """Marks the team as told of a handoff, so a turn run again never notifies twice."""
         return f"{self.prefix}:handoff:{dedup_key}"
 
+    def console_session(self, digest: str) -> str:
+        """One agent's console session, named by the SHA-256 of its cookie (the cookie itself is never stored);
+        expires when idle (``console.session_idle_s``)."""
+        return f"{self.prefix}:console:session:{digest}"
+
+    def console_board(self) -> str:
+        """Hash of the conversations waiting for (or held by) a person: field the conversation key, value the
+        inbox row as JSON (bot/console/board.py). One hash for every process, so any gateway lists them."""
+        return f"{self.prefix}:console:board"
+
+    def console_feed(self) -> str:
+        """Stream of console events (a handoff arrived, a customer wrote, taken, released, FAQ changed), capped;
+        each gateway process reads it once and fans it out to its agents' SSE connections."""
+        return f"{self.prefix}:console:feed"
+
     def queue_workers(self, queue: str) -> str:
         """Sorted set of the live queue workers: member the worker id, score its last heartbeat (ms, Redis
         clock). Members older than ``queue.lease_s`` are dropped; the partitions are spread over the rest."""

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 MIN_VERSION = (6, 2, 0)
 MAX_BLOCK_S = 2.0  # the longest a blocking read blocks; its socket timeout is this above the shared one
-BLOCKING_CONNECTIONS = 2  # one XREAD per process, plus one while a dropped one is replaced
+# Per process: the widget's XREAD and the console feed's XREAD, plus one while a dropped one is replaced.
+BLOCKING_CONNECTIONS = 3
 
 _VERSION = re.compile(r"([0-9]{1,5})\.([0-9]{1,5})(?:\.([0-9]{1,5}))?")  # ASCII digits only
 
