@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.decode import DecodeError, JsonObject, loads_object, single
+from bot.decode import DecodeError, JsonObject, has_surrogates, loads_object, single
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -141,3 +141,21 @@ async def error_middleware(
     metrics.http_requests.labels(route, str(response.status)).inc()
     metrics.http_latency.labels(route).observe(time.perf_counter() - started)
     return response
+
+
+_MAX_ADDRESS = 64
+
+
+def client_address(request: web.Request, trust_forwarded_for: bool) -> str:
+    """Who is asking, for per-address limits (the widget, /chat, console sign-in): the connection's peer, or the last
+    ``X-Forwarded-For`` hop when ``web.trust_forwarded_for`` says a proxy of ours stands in front (earlier hops are
+    the client's own say-so). A forwarded header that is not UTF-8 is a 400."""
+    if trust_forwarded_for:
+        # Several headers are one comma-separated list (RFC 9110); bytes that are not UTF-8 are no address.
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+        if has_surrogates(forwarded):
+            raise DecodeError("invalid_x_forwarded_for", "'X-Forwarded-For' is not valid UTF-8")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        if hops:
+            return hops[-1][:_MAX_ADDRESS]
+    return request.remote or "unknown"

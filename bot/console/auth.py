@@ -38,7 +38,7 @@ from aiohttp import web
 from bot.config import Config
 from bot.console.accounts import ROLES, Accounts, AccountsError, Agent, Role
 from bot.decode import DecodeError, has_surrogates
-from bot.http import HttpError, header_one, query_one, read_body
+from bot.http import HttpError, client_address, header_one, query_one, read_body
 from bot.state.keys import Keys
 from bot.state.kv import SharedKV
 
@@ -56,7 +56,6 @@ MSG_TOO_MANY = "登录尝试过多，请稍后再试"
 MSG_EXPIRED_FORM = "页面已过期，请重新登录"
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,128}")
-_MAX_ADDRESS = 64
 _MAX_FIELD = 4096
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 _PAGE_HEADERS = {
@@ -86,21 +85,6 @@ class ConsoleSession:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _client_address(request: web.Request, trust_forwarded_for: bool) -> str:
-    """The connection's peer, or the last ``X-Forwarded-For`` hop when ``web.trust_forwarded_for`` says a proxy of
-    ours stands in front (earlier hops are the client's own say-so). The same rule as
-    ``adapters.web.ratelimit.client_address``, written again here because ``bot/`` must not import ``adapters/``
-    (tests/test_layering.py)."""
-    if trust_forwarded_for:
-        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
-        if has_surrogates(forwarded):
-            raise DecodeError("invalid_x_forwarded_for", "'X-Forwarded-For' is not valid UTF-8")
-        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-        if hops:
-            return hops[-1][:_MAX_ADDRESS]
-    return request.remote or "unknown"
 
 
 def _last_header(request: web.Request, name: str) -> str | None:
@@ -361,7 +345,7 @@ class ConsoleAuth:
         name = fields.get("name", "").strip()
         password = fields.get("password", "")
         next_path = safe_next(fields.get("next"))
-        address = _client_address(request, self.cfg.web.trust_forwarded_for)
+        address = client_address(request, self.cfg.web.trust_forwarded_for)
         pre = request.cookies.get(PRE_COOKIE) or ""
         csrf = fields.get("csrf", "")
         if (not self._same_site(request) or not pre or not csrf
