@@ -118,9 +118,11 @@ class TurnPipeline:
         # the outcome known: the conversation archive. Synchronous and expected not to block; an exception
         # is logged and the turn goes on.
         self.after: list[Callable[[TurnContext], None]] = []
-        # Then these, awaited in turn, each within AFTER_ASYNC_S: work that needs I/O once the turn is saved
-        # and sent (the agent console's inbox, bot/console/desk.py). A failure or a timeout is logged only.
-        self.after_async: list[Callable[[TurnContext], Awaitable[None]]] = []
+        # Awaited in turn once the turn is saved and before its answer is sent, each within AFTER_ASYNC_S:
+        # work that needs I/O and must be visible by the time the customer reads the answer (the agent
+        # console's inbox, bot/console/desk.py: "已为您转接人工" never arrives before the row an agent
+        # sees). A failure or a timeout is logged only; the answer still goes out.
+        self.saved_async: list[Callable[[TurnContext], Awaitable[None]]] = []
         self.load = LoadState(store)
         self.deciding = tuple(deciding)
         self.deliver = deliver
@@ -159,6 +161,16 @@ class TurnPipeline:
             if ctx.outcome != "ok":
                 text = messages.text("apology", event.lang or "zh")
                 ctx.replies = (Reply(event.ref, text, in_reply_to=event.id, source="system"),)
+        for async_hook in self.saved_async:
+            try:
+                async with asyncio.timeout(AFTER_ASYNC_S):
+                    await async_hook(ctx)
+            except StoreDown as exc:
+                log.warning("saved-turn hook %s skipped for %s event %s: %s",
+                            getattr(async_hook, "__qualname__", async_hook), event.ref.channel, event.id, exc)
+            except Exception:
+                log.exception("saved-turn hook %s failed for %s event %s",
+                              getattr(async_hook, "__qualname__", async_hook), event.ref.channel, event.id)
         await self._timed("deliver", self._deliver, ctx)
         for hook in self.after:
             try:
@@ -166,16 +178,6 @@ class TurnPipeline:
             except Exception:
                 log.exception("after-turn hook %s failed for %s event %s", getattr(hook, "__qualname__", hook),
                               event.ref.channel, event.id)
-        for async_hook in self.after_async:
-            try:
-                async with asyncio.timeout(AFTER_ASYNC_S):
-                    await async_hook(ctx)
-            except StoreDown as exc:
-                log.warning("after-turn hook %s skipped for %s event %s: %s",
-                            getattr(async_hook, "__qualname__", async_hook), event.ref.channel, event.id, exc)
-            except Exception:
-                log.exception("after-turn hook %s failed for %s event %s",
-                              getattr(async_hook, "__qualname__", async_hook), event.ref.channel, event.id)
 
     async def _decide(self, ctx: TurnContext) -> None:
         for attempt in range(CAS_ATTEMPTS):

@@ -84,7 +84,7 @@ class Services:
         self.board: Board = open_board(client, self.keys)
         self.feed: ConsoleFeed = open_feed(client, self.redis_blocking, self.keys)
         self.desk = AgentDesk(self)
-        self.hub.pipeline.after_async.append(self.desk.after_turn)
+        self.hub.pipeline.saved_async.append(self.desk.turn_saved)
         # FAQ curation from the console: its change log lives in the archive database (bot/faq/curation.py)
         self.curation: FaqCuration | None = FaqCuration(self) if self.archive is not None else None
         self._http: aiohttp.ClientSession | None = None

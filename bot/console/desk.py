@@ -6,9 +6,10 @@ version, one save wins, the other reloads, sees the winner and gets :class:`Take
 (bot/console/board.py) mirrors the state for listing and the feed (bot/console/feed.py) tells every gateway that
 something changed; neither decides anything, so losing one costs a stale line, never a double answer.
 
-Turns keep the board current through :meth:`AgentDesk.after_turn`, an after-deliver hook on every process that
-runs turns. It touches Redis only for conversations handed off before or after the turn, so ordinary turns pay
-nothing for the console.
+Turns keep the board current through :meth:`AgentDesk.turn_saved`, a hook run after the save and before the
+send on every process that runs turns, so the row is there by the time the customer reads "已为您转接人工". It
+touches Redis only for conversations handed off before or after the turn, so ordinary turns pay nothing for the
+console.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class AgentDesk:
         self._fail_targets: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ turns
-    async def after_turn(self, ctx: TurnContext) -> None:
+    async def turn_saved(self, ctx: TurnContext) -> None:
         """Keeps the inbox row of a handed-off conversation current (new -> "handoff", a customer message ->
         "message"); a turn that ends a handoff (the customer chose the bot, 重新开始) removes it ("released")."""
         after = ctx.state
