@@ -46,6 +46,9 @@ class StateConfig(_Section):
     url: str = "memory://"  # memory:// or redis://host:port/db
     key_prefix: str = "kefu"
     idle_ttl_s: int = Field(1800, gt=0)  # a conversation idle this long restarts
+    # A conversation a person has (handed off) is kept this long without messages: agents answer within
+    # hours, outside service hours the next morning, and the customer's message must still be on the desk.
+    handoff_ttl_s: int = Field(259200, gt=0)
     dedup_ttl_s: int = Field(86400, ge=86400)  # platform retries seen for >= 24 h
     history_turns: int = Field(20, gt=0)
     max_connections: int = Field(100, gt=0)  # Redis connections per process; callers past it wait
@@ -60,6 +63,13 @@ class StateConfig(_Section):
         if not url.startswith(("memory://", "redis://", "rediss://", "unix://")):
             raise ValueError("expected memory:// or redis://... / rediss://... / unix://...")
         return url
+
+    @model_validator(mode="after")
+    def _handoff_outlives_idle(self) -> StateConfig:
+        if self.handoff_ttl_s < self.idle_ttl_s:
+            raise ValueError("state.handoff_ttl_s must be at least state.idle_ttl_s (a handed-off conversation "
+                             "is kept longer than an idle one, never shorter)")
+        return self
 
 
 class HubConfig(_Section):

@@ -47,7 +47,9 @@ Routing a message, in order:
 
 A conversation idle longer than ``state.idle_ttl_s`` starts again at the
 entry node: the store's TTL removes it, and a state found older than that
-anyway (a store without TTLs) is reset here.
+anyway (a store without TTLs) is reset here. A handed-off conversation is
+kept for ``state.handoff_ttl_s`` instead: the person who has it (or will,
+the next morning) must still find the customer's messages.
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ class DialogueManager:
         *,
         history_turns: int,
         idle_ttl_s: float,
+        handoff_ttl_s: float | None = None,
         context_tokens: int,
         max_new_tokens: int,
         notifier: HandoffNotifier | None = None,
@@ -171,6 +174,7 @@ class DialogueManager:
         self.cfg = cfg
         self.history_turns = history_turns
         self.idle_ttl_s = idle_ttl_s
+        self.handoff_ttl_s = max(idle_ttl_s, handoff_ttl_s or 0)  # a person has it: kept for them (the store too)
         self.context_tokens = context_tokens
         self.max_new_tokens = max_new_tokens
         self.notifier = notifier
@@ -274,8 +278,9 @@ class DialogueManager:
         return previous
 
     def _expire(self, state: DialogueState) -> DialogueState:
-        if state.version and state.updated_at and self.clock() - state.updated_at > self.idle_ttl_s:
-            log.info("conversation %s was idle for over %.0fs; starting again", state.key, self.idle_ttl_s)
+        ttl = self.handoff_ttl_s if state.handed_off else self.idle_ttl_s
+        if state.version and state.updated_at and self.clock() - state.updated_at > ttl:
+            log.info("conversation %s was idle for over %.0fs; starting again", state.key, ttl)
             return DialogueState(key=state.key, version=state.version)
         return state
 
@@ -700,6 +705,7 @@ def build_manager(services: Services) -> DialogueManager:
         d,
         history_turns=cfg.state.history_turns,
         idle_ttl_s=cfg.state.idle_ttl_s,
+        handoff_ttl_s=cfg.state.handoff_ttl_s,
         context_tokens=cfg.engine.context_tokens,
         max_new_tokens=cfg.engine.max_new_tokens,
         notifier=notifier,

@@ -12,8 +12,10 @@ _SWEEP_INTERVAL_S = 60.0
 
 
 class MemoryStore:
-    def __init__(self, idle_ttl_s: float, dedup_ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, idle_ttl_s: float, dedup_ttl_s: float, clock: Callable[[], float] = time.monotonic, *,
+                 handoff_ttl_s: float | None = None) -> None:
         self._idle_ttl = idle_ttl_s
+        self._handoff_ttl = max(idle_ttl_s, handoff_ttl_s or 0)  # StateConfig.handoff_ttl_s
         self._dedup_ttl = dedup_ttl_s
         self._clock = clock
         self._states: dict[str, tuple[float, int, str]] = {}  # key -> (expires, version, json)
@@ -39,7 +41,8 @@ class MemoryStore:
             if current != expected_version:
                 raise VersionConflict(state.key)
             saved = state.replace(version=expected_version + 1, updated_at=time.time())
-            self._states[state.key] = (self._clock() + self._idle_ttl, saved.version, saved.to_json())
+            ttl = self._handoff_ttl if saved.handed_off else self._idle_ttl
+            self._states[state.key] = (self._clock() + ttl, saved.version, saved.to_json())
             if ledger is not None:
                 self._ledger[(state.key, ledger.dedup_key)] = (self._clock() + self._dedup_ttl, ledger.replies)
             return saved

@@ -73,10 +73,13 @@ return 1
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys, idle_ttl_s: float, dedup_ttl_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, idle_ttl_s: float, dedup_ttl_s: float, *,
+                 handoff_ttl_s: float | None = None) -> None:
         self.client = client
         self.keys = keys
         self._idle_ms = int(idle_ttl_s * 1000)
+        # A conversation a person has is kept longer (StateConfig.handoff_ttl_s): its inbox row lives on it.
+        self._handoff_ms = int(max(idle_ttl_s, handoff_ttl_s or 0) * 1000)
         self._dedup_s = int(dedup_ttl_s)
         self._cas = client.register_script(_CAS)
         self._seen = client.register_script(_SEEN)  # server time, so gateways' clocks need not agree
@@ -84,12 +87,12 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, keys: Keys, idle_ttl_s: float, dedup_ttl_s: float, *, max_connections: int = 100,
                  pool_timeout_s: float = 5.0, socket_timeout_s: float = 5.0,
-                 connect_timeout_s: float = 2.0) -> RedisStore:
+                 connect_timeout_s: float = 2.0, handoff_ttl_s: float | None = None) -> RedisStore:
         # A blocking pool (under a backlog hundreds of conversations run at once) with every wait bounded:
         # bot/state/redisconn.py.
         client = open_client(url, max_connections=max_connections, pool_timeout_s=pool_timeout_s,
                              socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s)
-        return cls(client, keys, idle_ttl_s, dedup_ttl_s)
+        return cls(client, keys, idle_ttl_s, dedup_ttl_s, handoff_ttl_s=handoff_ttl_s)
 
     @_down_is_store_down
     async def load(self, key: str) -> DialogueState:
@@ -104,7 +107,8 @@ class RedisStore:
     ) -> DialogueState:
         saved = state.replace(updated_at=time.time())
         keys = [self.keys.state(state.key)]
-        args: list[str | int] = [str(expected_version), saved.to_json(), self._idle_ms]
+        ttl_ms = self._handoff_ms if saved.handed_off else self._idle_ms
+        args: list[str | int] = [str(expected_version), saved.to_json(), ttl_ms]
         if ledger is not None:
             keys.append(self.keys.reply(state.key, ledger.dedup_key))
             args += [ledger.replies, self._dedup_s * 1000]

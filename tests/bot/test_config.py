@@ -46,6 +46,7 @@ def test_config_file_chosen_by_env(tmp_path: Path) -> None:
         ("server:\n  port: abc\n", {}, "server.port"),
         ("", {"BOT__STATE__IDLE_TTL_S": "soon"}, "state.idle_ttl_s"),
         ("", {"BOT__ENGINE__KIND": "gpt"}, "engine.kind"),
+        ("state:\n  idle_ttl_s: 3600\n  handoff_ttl_s: 600\n", {}, "state.handoff_ttl_s must be at least"),
         ("sever: {}\n", {}, "sever: unknown key"),
         ("- a\n- b\n", {}, "top level must be a mapping"),
         ("server: [\n", {}, "not valid YAML"),

@@ -31,8 +31,8 @@ def manager(services: Services, spec: dict[str, Any], clock: Any = None) -> Dial
     graph = compile_graph(spec, intents=real.intents.names)
     extra = {"clock": clock} if clock else {}
     return DialogueManager(graph, real.intents, services.answerer, services.config.dialogue, history_turns=20,
-                           idle_ttl_s=1800, context_tokens=2048, max_new_tokens=256, speech_acts=real.speech_acts,
-                           **extra)
+                           idle_ttl_s=1800, handoff_ttl_s=259200, context_tokens=2048, max_new_tokens=256,
+                           speech_acts=real.speech_acts, **extra)
 
 
 class Talk:
@@ -121,6 +121,20 @@ async def test_an_idle_conversation_starts_again(services: Services) -> None:
     replies = await talk.send("M")  # no longer an answer to the size question
     assert not any("码" in r for r in replies)
     assert talk.state.node is None and talk.state.slots == {} and len(talk.state.history) == 2
+
+
+async def test_a_handed_off_conversation_outlives_the_idle_ttl(services: Services) -> None:
+    """Nobody answered overnight: the customer's next message is still for the person who has the conversation,
+    not the start of a new bot conversation (state.handoff_ttl_s, days, instead of state.idle_ttl_s)."""
+    now = [1000.0]
+    talk = Talk(manager(services, SIZE, clock=lambda: now[0]))
+    await talk.send("转人工")
+    now[0] += 12 * 3600
+    assert await talk.send("还在吗") == []
+    assert talk.state.handed_off and [t.text for t in talk.state.history][-1] == "还在吗"
+    now[0] += 259200 + 1  # past the handoff TTL too: a new conversation
+    replies = await talk.send("你好")
+    assert replies and not talk.state.handed_off
 
 
 async def test_a_handed_off_conversation_is_recorded_but_silent(services: Services) -> None:

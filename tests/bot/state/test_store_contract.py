@@ -109,6 +109,18 @@ async def test_memory_store_idle_expiry_restarts() -> None:
     assert (await store.load("k")).version == 0
 
 
+async def test_memory_store_keeps_a_handed_off_conversation_for_the_handoff_ttl() -> None:
+    now = [1000.0]
+    store = MemoryStore(idle_ttl_s=30, dedup_ttl_s=86400, clock=lambda: now[0], handoff_ttl_s=3600)
+    saved = await store.save(DialogueState(key="k", handed_off=True), expected_version=0)
+    now[0] += 3599  # long past the idle TTL: an agent answers the next morning
+    assert (await store.load("k")).handed_off
+    released = await store.save(saved.replace(handed_off=False), expected_version=saved.version)
+    now[0] += 31  # released: the idle TTL again
+    assert (await store.load("k")).version == 0
+    assert released.version == 2
+
+
 async def test_redis_store_sets_idle_ttl_and_dedup_ttl(redis_client: aioredis.Redis, key_prefix: str) -> None:
     keys = Keys(key_prefix)
     store = RedisStore(redis_client, keys, idle_ttl_s=1800, dedup_ttl_s=86400)
@@ -116,6 +128,17 @@ async def test_redis_store_sets_idle_ttl_and_dedup_ttl(redis_client: aioredis.Re
     assert 0 < await redis_client.pttl(keys.state("k")) <= 1800 * 1000
     await store.first_seen("m")
     assert 86000 < await redis_client.ttl(keys.dedup("m")) <= 86400
+
+
+async def test_redis_store_keeps_a_handed_off_conversation_for_the_handoff_ttl(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    store = RedisStore(redis_client, keys, idle_ttl_s=1800, dedup_ttl_s=86400, handoff_ttl_s=259200)
+    saved = await store.save(DialogueState(key="k", handed_off=True), expected_version=0)
+    assert 1800 * 1000 < await redis_client.pttl(keys.state("k")) <= 259200 * 1000
+    await store.save(saved.replace(handed_off=False), expected_version=saved.version)
+    assert 0 < await redis_client.pttl(keys.state("k")) <= 1800 * 1000
 
 
 async def test_redis_store_reports_unreachable() -> None:
