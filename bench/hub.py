@@ -16,7 +16,9 @@ bare handler and the fake WeCom API each run in a process of their own.
    gateway's own cost is what is measured (on 2 cores a worker would take CPU from it); the
    events wait in RabbitMQ (``queue.max_length`` 100 000 per partition, far more than one run
    fills) and are purged afterwards. Compared with a bare aiohttp handler that reads the same
-   request body and returns a constant.
+   request body and returns a constant. Before the servers start, the load generator measures the
+   client libraries' own CPU (one redis-py round trip, one aio-pika publish with a confirm) and
+   prints the highest ratio a one-process gateway on them can reach ("floor").
 2. ``POST /chat`` FAQ turns through the whole hub in one process (``--role all``, state in
    Redis, in-process queue, FAQ engine, dialogue graph on): one conversation per connection
    (``--concurrency`` distinct ``user_id``), against the same bare handler.
@@ -58,6 +60,7 @@ import hashlib  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -849,6 +852,67 @@ def limit_line(t: Turns) -> str:
     return "; ".join(parts)
 
 
+# --------------------------------------------------------------------------- the floor
+@dataclass
+class Floor:
+    redis_us: float  # client CPU of one redis-py round trip (SET NX EX), 64 at once
+    publish_us: float  # client CPU of one aio-pika publish with a publisher confirm, persistent, quorum queue
+
+    def gateway_us(self) -> float:
+        """What a callback costs the gateway in client libraries alone: the provisional dedup mark, its
+        confirmation, and the publish (bot/inbox/rabbit.py put_once)."""
+        return 2 * self.redis_us + self.publish_us
+
+
+async def measure_floor(redis_url: str, amqp_url: str, name: str, n: int = 6000) -> Floor:
+    """The cost of the client libraries themselves, in this process before any server is loaded: with it the
+    highest ratio any gateway built on them can reach is read off next to the measured one."""
+    import aio_pika
+    import redis.asyncio as aioredis
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    async def per_op(op: Callable[[int], Awaitable[object]], total: int) -> float:
+        async def task(t: int) -> None:
+            for j in range(total // 64):
+                await op(t * total + j)
+        for t in range(64):  # warm-up: connections opened, code paths hot
+            await op(-1 - t)
+        before = cpu()
+        await asyncio.gather(*(task(t) for t in range(64)))
+        return (cpu() - before) / (64 * (total // 64)) * 1e6
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        redis_us = await per_op(lambda i: client.set(f"{name}:floor:{i}", "1", ex=60, nx=True), n)
+    finally:
+        await delete_keys(redis_url, [f"{name}:floor"])
+        await client.aclose()
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        channel = await conn.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(f"{name}.floor", durable=True, arguments={"x-queue-type": "quorum"})
+        body = b"x" * 400  # about an encoded event
+        publish_us = await per_op(lambda _i: channel.default_exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue.name), n // 2)
+        await queue.delete(if_unused=False, if_empty=False)
+    finally:
+        await conn.close()
+    return Floor(redis_us, publish_us)
+
+
+def floor_line(floor: Floor, bare: Sequence[Load]) -> str:
+    bare_us = statistics.median([r.cpu["bare"] / r.rps * 1e6 for r in bare if r.rps and "bare" in r.cpu])
+    most = bare_us / (bare_us + floor.gateway_us())
+    return (f"  floor: one redis-py round trip {floor.redis_us:.0f} us of client CPU, one aio-pika publish with "
+            f"confirm {floor.publish_us:.0f} us (measured in the load generator before the run); a callback needs "
+            f"2 round trips and 1 publish = {floor.gateway_us():.0f} us, the bare handler {bare_us:.0f} us a request: "
+            f"a one-process gateway on these libraries reaches at most {most:.2f}x before any verification, "
+            f"decryption or routing of its own")
+
+
 # --------------------------------------------------------------------------- the run
 async def bench(args: argparse.Namespace) -> int:
     scenarios = {int(s) for s in args.only.split(",")}
@@ -893,6 +957,7 @@ async def bench(args: argparse.Namespace) -> int:
           f"{'pid ' + str(services['rabbitmq']) if 'rabbitmq' in services else 'not visible'} (shared servers: "
           f"their CPU includes anyone else's use)")
     try:
+        floor = await measure_floor(args.redis, args.amqp, qname) if 1 in scenarios else None
         t0 = time.monotonic()
         await start_all(procs)
         print(f"started {', '.join(p.name for p in procs)} in {time.monotonic() - t0:.1f} s (logs in {log_dir})\n")
@@ -926,7 +991,10 @@ async def bench(args: argparse.Namespace) -> int:
                   {"bare aiohttp (read body, constant)": ["bare", *services, "loadgen"],
                    "gateway": ["gateway", *services, "loadgen"]})
             ratio = statistics.median([g.rps / b.rps for g, b in zip(gw_runs, bare_runs, strict=True)])
-            print(f"  target gateway >= 0.5x bare: {verdict(ratio >= 0.5)} ({ratio:.2f}x)\n")
+            print(f"  target gateway >= 0.5x bare: {verdict(ratio >= 0.5)} ({ratio:.2f}x)")
+            if floor is not None:
+                print(floor_line(floor, bare_runs))
+            print()
             if args.profile:
                 callbacks.fill(pool_size(statistics.median([r.rps for r in gw_runs]), args.seconds + 1))
                 print("  profile: gateway under WeCom callbacks (py-spy)")
