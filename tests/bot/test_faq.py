@@ -16,6 +16,7 @@ FAQ = ROOT / "config" / "faq.yaml"
 EVAL = ROOT / "config" / "faq_eval.yaml"
 HARD = ROOT / "config" / "faq_eval_hard.yaml"
 HOLDOUT = ROOT / "config" / "faq_eval_holdout.yaml"
+FRESH = ROOT / "config" / "faq_eval_fresh.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_ships_enough_realistic_entries(index: FaqIndex) -> None:
     assert len({e.id for e in index.entries}) == len(index.entries)
 
 
-@pytest.mark.parametrize("path", [EVAL, HARD, HOLDOUT])
+@pytest.mark.parametrize("path", [EVAL, HARD, HOLDOUT, FRESH])
 def test_eval_sets_are_held_out(path) -> None:
     entries = yaml.safe_load(FAQ.read_text())["entries"]
     indexed = {normalize(t) for e in entries for t in (e["question"], *e["paraphrases"])}
