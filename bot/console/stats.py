@@ -334,7 +334,13 @@ def _fmt(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".")
 
 
-def bar_chart_svg(hourly: Iterable[Sequence[int]], *, width: int = 720, height: int = 220) -> str:
+def chart_label(day: dt.date, today: dt.date) -> str:
+    """今日 for today; another day (``?day=``) by its date, so a past day's chart never reads as today's."""
+    return CHART_LABEL if day == today else f"{day.isoformat()} 每小时对话量"
+
+
+def bar_chart_svg(hourly: Iterable[Sequence[int]], *, width: int = 720, height: int = 220,
+                  label: str = CHART_LABEL) -> str:
     """Stacked bars per hour (FAQ, 模型, 人工) with a legend, hour labels every third hour and the y-axis maximum.
     Plain SVG, no script; it scales to its container (viewBox, width 100%). Each bar has a <title> so the
     numbers are read out and shown on hover; the whole chart's summary is in its <desc>."""
@@ -353,17 +359,17 @@ def bar_chart_svg(hourly: Iterable[Sequence[int]], *, width: int = 720, height: 
     busiest = max(range(24), key=lambda h: sum(hours[h]))
     desc = f"共 {sum(totals)} 轮：{summary}。" + (f"最多在 {busiest} 时（{peak} 轮）。" if peak else "这一天没有对话。")
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" id="chart" role="img" aria-label="{e(CHART_LABEL)}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="chart" role="img" aria-label="{e(label)}" '
         f'viewBox="0 0 {width} {height}" width="100%" preserveAspectRatio="xMidYMid meet" '
         f'style="max-width:100%;height:auto" font-family="sans-serif" font-size="11">',
-        f"<title>{e(CHART_LABEL)}</title>",
+        f"<title>{e(label)}</title>",
         f"<desc>{e(desc)}</desc>",
     ]
     x = left
-    for key, label, colour in SERIES:  # the legend, top left
+    for key, name, colour in SERIES:  # the legend, top left
         parts.append(f'<rect class="legend legend-{e(key)}" x="{x}" y="8" width="12" height="12" fill="{e(colour)}"/>')
-        parts.append(f'<text x="{x + 16}" y="18" fill="#333">{e(label)}</text>')
-        x += 16 + 12 * len(label) + 20
+        parts.append(f'<text x="{x + 16}" y="18" fill="#333">{e(name)}</text>')
+        x += 16 + 12 * len(name) + 20
     parts.append(f'<text class="y-max" x="{left - 4}" y="{top + 4}" text-anchor="end" fill="#333">{e(peak)}</text>')
     parts.append(f'<text class="y-min" x="{left - 4}" y="{base}" text-anchor="end" fill="#333">0</text>')
     parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base}" stroke="#999" stroke-width="1"/>')

@@ -475,11 +475,11 @@ class ConsoleApp:
             except ArchiveUnavailable:  # the page still works (and says so); the numbers come back with the DB
                 context["notice"] = MSG_ARCHIVE_DOWN
             else:
-                context.update(self._dashboard_view(board))
+                context.update(self._dashboard_view(board, today))
         return self._html("dashboard.html", session, page="dashboard", **context)
 
     @staticmethod
-    def _dashboard_view(board: stats.Dashboard) -> dict[str, Any]:
+    def _dashboard_view(board: stats.Dashboard, today: dt.date) -> dict[str, Any]:
         def share(group: str) -> str:
             return f"{board.share(group) * 100:.0f}%"
 
@@ -494,7 +494,7 @@ class ConsoleApp:
             {"name": "up", "label": "点赞", "value": board.thumbs_up, "share": None},
             {"name": "down", "label": "点踩", "value": board.thumbs_down, "share": None},
         ]
-        svg = stats.bar_chart_svg(board.hourly)
+        svg = stats.bar_chart_svg(board.hourly, label=stats.chart_label(board.day, today))
         if 'id="chart"' not in svg:
             svg = svg.replace("<svg ", '<svg id="chart" ', 1)
         # inline style attributes are refused by the CSP (style-src 'self'); the stylesheet sizes the chart

@@ -439,8 +439,10 @@ async def test_the_dashboard_of_an_empty_archive_and_its_day_picker(console_hub:
         assert '<svg id="chart"' in html or re.search(r'<svg[^>]*id="chart"', html)
         assert 'style="' not in html  # the chart's inline style would be refused by the CSP
         assert 'id="unanswered"' in html and 'name="day"' in html
+        assert "今日每小时对话量" in html
         async with http.get(hub.url("/console/dashboard"), params={"day": "2024-02-29"}) as resp:
-            assert resp.status == 200 and "2024-02-29" in await resp.text()
+            past = await resp.text()
+            assert resp.status == 200 and "2024-02-29 每小时对话量" in past and "今日" not in past
         for bad in ("2024-02-30", "yesterday", "２０２４-01-01", "2024-1-1"):
             async with http.get(hub.url("/console/dashboard"), params={"day": bad}) as resp:
                 assert resp.status == 400 and (await resp.json())["error"] == "invalid_day", bad

@@ -16,7 +16,7 @@ from bot.archive.schema import feedback, turns
 from bot.archive.writer import ArchiveWriter
 from bot.config import ROOT, ArchiveConfig
 from bot.console import stats
-from bot.console.stats import Candidate, bar_chart_svg, candidates, dashboard, day_bounds
+from bot.console.stats import Candidate, bar_chart_svg, candidates, chart_label, dashboard, day_bounds
 from bot.metrics import Metrics
 from bot.pipeline import TurnContext
 from bot.state import DialogueState, Handoff
@@ -234,6 +234,14 @@ def test_the_chart_is_accessible_svg() -> None:
     assert heights == {"model": pytest.approx(plot * 5 / 6, abs=0.1)}  # the busiest hour (9) fills the plot
     colours = {r.get("class"): r.get("fill") for r in bars["9"].iter(SVG + "rect")}
     assert len(set(colours.values())) == 3
+
+
+def test_a_past_days_chart_is_labelled_with_its_date() -> None:
+    today = dt.date(2026, 12, 2)
+    assert chart_label(today, today) == "今日每小时对话量"
+    label = chart_label(dt.date(2026, 11, 30), today)
+    root = ET.fromstring(bar_chart_svg([(9, 1, 0, 0)], label=label))
+    assert root.get("aria-label") == root.findtext(SVG + "title") == "2026-11-30 每小时对话量"
 
 
 def test_the_chart_of_an_empty_day_and_odd_input() -> None:
