@@ -84,14 +84,22 @@ def cmd_faq_eval(args: argparse.Namespace) -> int:
     import time
 
     from bot.faq import FaqIndex, load_eval_cases
+    from bot.faq.rerank import open_reranking
 
     cfg = _load(args.config)
     started = time.perf_counter()
-    index = FaqIndex.from_config(cfg.faq, cfg.resolve_path)
+    try:
+        reranking = open_reranking(cfg.faq, cfg.resolve_path)
+    except ValueError as exc:
+        print(f"kefu-hub: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    index = FaqIndex.from_config(cfg.faq, cfg.resolve_path, reranking=reranking)
     built = time.perf_counter() - started
     files = list(args.cases or FAQ_EVAL_FILES) + (list(FAQ_HOLDOUT) if args.holdout else [])
+    rerank = (f"re-ranked by {Path(cfg.faq.reranker.path).name} (weight {cfg.faq.rerank_weight:.2f}, top "
+              f"{cfg.faq.rerank_top_k})" if reranking is not None else "lexical only (faq.reranker.path empty)")
     print(f"FAQ entries: {len(index.entries)}; index built in {built:.2f}s; "
-          f"threshold {index.threshold:.2f}, floor {index.floor:.2f}, margin {index.margin:.2f}")
+          f"threshold {index.threshold:.2f}, floor {index.floor:.2f}, margin {index.margin:.2f}; {rerank}")
     for name in files:
         cases = load_eval_cases(cfg.resolve_path(name))
         started = time.perf_counter()

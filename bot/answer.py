@@ -85,7 +85,7 @@ class Answerer:
         prefer_llm: bool = False,
         faq_context: bool = True,
     ) -> Answer:
-        hits = self.faq.search(query, k=SUGGESTIONS)
+        hits = await self.faq.asearch(query, k=SUGGESTIONS)
         top = hits[0] if hits else None
         confident = self.faq.confident(hits)
         if confident and (not prefer_llm or self.engine is None):

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.service_hours import ServiceHours, parse_day
-from engine.config import EngineConfig, OpenAIConfig  # noqa: F401 - both re-exported; engine/ owns them
+from engine.config import EngineConfig, OpenAIConfig, RerankerConfig  # noqa: F401 - re-exported; engine/ owns them
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
@@ -104,6 +104,10 @@ class FaqConfig(_Section):
     threshold: float = Field(0.36, ge=0, le=1)  # confident: the FAQ answers (chosen on config/faq_eval_hard.yaml)
     floor: float = Field(0.20, ge=0, le=1)  # between floor and threshold: 猜你想问 offers the closest questions
     margin: float = Field(0.02, ge=0, le=1)  # a top match this close to the second is uncertain too
+    # A cross-encoder re-ranking the lexical candidates (bot/faq/rerank.py); path empty: lexical only.
+    reranker: RerankerConfig = RerankerConfig()
+    rerank_weight: float = Field(0.7, ge=0, le=1)  # the model's share of a candidate's score
+    rerank_top_k: int = Field(10, gt=0, le=100)  # lexical candidates the model reads per question
 
 
 class WebConfig(_Section):

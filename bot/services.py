@@ -15,6 +15,7 @@ from bot.console.desk import AgentDesk
 from bot.console.feed import ConsoleFeed, open_feed
 from bot.faq import FaqIndex
 from bot.faq.curation import FaqCuration
+from bot.faq.rerank import open_reranking
 from bot.hub import Hub
 from bot.inbox import Inbox
 from bot.metrics import Metrics
@@ -58,7 +59,8 @@ class Services:
             config.state.url, socket_timeout_s=config.state.socket_timeout_s,
             connect_timeout_s=config.state.connect_timeout_s)
         self.kv: SharedKV = RedisKV(client) if client is not None else MemoryKV()
-        self.faq = FaqIndex.from_config(config.faq, config.resolve_path)
+        self.faq = FaqIndex.from_config(config.faq, config.resolve_path,
+                                        reranking=open_reranking(config.faq, config.resolve_path))
         self.engine: Engine | None = open_engine(config.engine, base_dir=config.resolve_path("."))
         self.answerer = Answerer(
             self.faq,

@@ -80,6 +80,19 @@ class AbTest(_Section):
         return self
 
 
+class RerankerConfig(_Section):
+    """A cross-encoder (a sequence-classification checkpoint such as bge-reranker-base) that scores (question,
+    FAQ entry) pairs: it knows that 叫同事来注册 is about inviting friends, which shared characters cannot.
+    ``path`` empty: FAQ matching stays lexical. Relative paths are resolved against the caller's base dir."""
+
+    path: str = ""
+    device: str = "auto"  # auto: CUDA when available
+    dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    max_length: int = Field(256, gt=8, le=4096)  # tokens of one (question, entry) pair
+    batch_size: int = Field(16, gt=0)  # pairs per forward pass
+    torch_threads: int = Field(0, ge=0)  # on CPU: intra-op threads, 0 = torch's default
+
+
 class EngineConfig(_Section):
     kind: Literal["faq", "hf", "openai"] = "faq"
     model_path: str = ""

@@ -250,6 +250,28 @@ def _save_adapter(base: Any, path: Path, *, seed: int) -> None:
     peft_model.save_pretrained(path)
 
 
+def build_tiny_cross_encoder(out_dir: str | Path, texts: Iterable[str], *, num_labels: int = 1,
+                             seed: int = 0) -> Path:
+    """A random BERT cross-encoder (hidden 32, 2 layers) with a character vocabulary of ``texts``: a real
+    ``AutoModelForSequenceClassification`` checkpoint for the FAQ re-ranker's loading and scoring paths. Its
+    scores mean nothing; what it checks is that a checkpoint on disk loads and scores pairs as a real one does."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chars = sorted({c for t in texts for c in t if not c.isspace()} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), tokenize_chinese_chars=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=num_labels)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="where to write the model (e.g. .cache/tiny-qwen2)")

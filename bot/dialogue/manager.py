@@ -197,6 +197,8 @@ class DialogueManager:
     async def handle(self, event: Event, state: DialogueState, stream: StreamFn) -> TurnResult:
         state = self._expire(state)
         text = (event.text or "").strip()
+        if text:  # the FAQ lookups below are synchronous: with a re-ranker the model reads off the loop, now
+            await self.faq.asearch(text)
         lang = event.lang or self._lang(text, state.lang)
         turn = _Turn(
             event=event,

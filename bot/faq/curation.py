@@ -407,7 +407,7 @@ class FaqCuration:
                             change.faq_id, self.config.faq.path)
         cfg = self.config.faq
         index = await asyncio.to_thread(FaqIndex, entries, cfg.threshold, self._synonyms, floor=cfg.floor,
-                                        margin=cfg.margin)
+                                        margin=cfg.margin, reranking=self.services.answerer.faq.reranking)
         self._swap(index, entries)
         self._changes_known = changes
         if signature is not None:

@@ -5,13 +5,18 @@ Each entry is indexed by its question and every paraphrase, after the synonym ta
 (robust to segmentation mistakes and shape typos), word BM25 over jieba tokens (precise on terms such as 发票
 or 退款, and lets a rare shared word count more than a common one), and pinyin syllable TF-IDF (homophone
 typos). An entry blends its best phrasing with all its phrasings taken together; long messages are also
-scored clause by clause; the result is re-ranked by what is asked (bot/faq/head.py). Scores are in [0, 1];
-below ``threshold`` the FAQ does not claim to know.
+scored clause by clause; the result is re-ranked by what is asked (bot/faq/head.py) and, when a cross-encoder
+is configured, by what it means (bot/faq/rerank.py). Scores are in [0, 1]; below ``threshold`` the FAQ does not
+claim to know.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +30,7 @@ from bot.faq.analyzer import Analyzer, content
 from bot.faq.bm25 import Bm25View
 from bot.faq.evaluate import EvalResult, evaluate
 from bot.faq.model import EvalCase, FaqEntry, FaqHit, load_entries
+from bot.faq.rerank import NEAR_EXACT, Reranking
 from bot.faq.synonyms import EMPTY, Synonyms
 from bot.text import detect_lang
 
@@ -39,11 +45,15 @@ _SOUND_WEIGHT = 0.20
 _ENTRY_WEIGHT = 0.80
 _CLAUSE_WEIGHT = 0.92
 _MAX_HITS = 10
-_NEAR_EXACT = 0.9  # a best phrasing this close is the same question reworded by a character or two
+_NEAR_EXACT = NEAR_EXACT  # a best phrasing this close is the same question reworded by a character or two
 _OTHER_LANGUAGE = 0.8  # a Chinese message answered by an English entry (or the reverse) only when clearly better
 DEFAULT_SYNONYMS = "synonyms.yaml"  # looked up beside the FAQ file
 DEFAULT_FLOOR = 0.20  # the defaults of bot.config.FaqConfig, for callers that build an index without a config
 DEFAULT_MARGIN = 0.02
+_CACHE_SIZE = 4096
+_WARN_EVERY_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 def _identity(tokens: list[str]) -> list[str]:
@@ -82,6 +92,7 @@ class FaqIndex:
         *,
         floor: float = DEFAULT_FLOOR,
         margin: float = DEFAULT_MARGIN,
+        reranking: Reranking | None = None,
     ) -> None:
         if not entries:
             raise ValueError("the FAQ has no entries")
@@ -89,6 +100,7 @@ class FaqIndex:
         self.threshold = threshold  # confident: the FAQ answers
         self.floor = floor  # uncertain between floor and threshold: 猜你想问 offers the closest questions
         self.margin = margin  # a top hit this close to the second is uncertain too
+        self.reranking = reranking  # None: lexical only
         self.by_id = {e.id: e for e in self.entries}
         raw: list[str] = []
         owner: list[int] = []
@@ -100,10 +112,12 @@ class FaqIndex:
         texts = [self.analyzer.prepare(t) for t in raw]
         owners = np.asarray(owner)
         self._owner_groups = [np.flatnonzero(owners == i) for i in range(len(self.entries))]
-        # A cache per instance: functools.lru_cache on the method would be the class's and keep every instance
-        # ever built alive (each Services builds one; the FAQ's own jieba dictionary is ~65 MB). Customers
-        # repeat themselves, and one turn may look the same text up twice.
-        self._ranked: Callable[[str], tuple[FaqHit, ...]] = functools.lru_cache(maxsize=4096)(self._rank)
+        # A cache per instance (functools.lru_cache on the method would be the class's and keep every instance
+        # ever built alive; the FAQ's own jieba dictionary is ~65 MB). Customers repeat themselves, and one turn
+        # looks the same text up several times. Written from worker threads too (asearch), hence the lock.
+        self._cache: OrderedDict[str, tuple[FaqHit, ...]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._warned_at = -_WARN_EVERY_S
         self._phrasings = _Views(texts, self.analyzer, (1, 3))
         docs = [" ".join(t for t, o in zip(texts, owner, strict=True) if o == i) for i in range(len(self.entries))]
         self._documents = _Views(docs, self.analyzer, (1, 2))
@@ -118,26 +132,53 @@ class FaqIndex:
         *,
         floor: float = DEFAULT_FLOOR,
         margin: float = DEFAULT_MARGIN,
+        reranking: Reranking | None = None,
     ) -> FaqIndex:
         """``synonyms_path`` defaults to synonyms.yaml beside the FAQ file; no table when there is none."""
         path = Path(path)
         syn_path = Path(synonyms_path) if synonyms_path is not None else path.parent / DEFAULT_SYNONYMS
         synonyms = Synonyms.load(syn_path) if syn_path.is_file() else EMPTY
-        return cls(load_entries(path), threshold, synonyms, floor=floor, margin=margin)
+        return cls(load_entries(path), threshold, synonyms, floor=floor, margin=margin, reranking=reranking)
 
     @classmethod
-    def from_config(cls, cfg: FaqConfig, resolve: Callable[[str], Path]) -> FaqIndex:
+    def from_config(cls, cfg: FaqConfig, resolve: Callable[[str], Path], *,
+                    reranking: Reranking | None = None) -> FaqIndex:
         return cls.load(resolve(cfg.path), cfg.threshold, resolve(cfg.synonyms_path), floor=cfg.floor,
-                        margin=cfg.margin)
+                        margin=cfg.margin, reranking=reranking)
 
     def search(self, query: str, k: int = 3) -> list[FaqHit]:
         """Best entries first. Results are cached: customers ask the same few questions all day, and one turn
-        may look the same text up twice."""
-        return list(self._ranked(self.analyzer.prepare(query))[:k])
+        may look the same text up several times. With a re-ranker an uncached question runs the model here, on
+        the caller's thread: callers on the event loop warm the cache with :meth:`asearch` first."""
+        key = query.strip()
+        with self._cache_lock:
+            hits = self._cache.get(key)
+            if hits is not None:
+                self._cache.move_to_end(key)
+                return list(hits[:k])
+        hits, complete = self._rank(key)
+        if complete:
+            with self._cache_lock:
+                self._cache[key] = hits
+                while len(self._cache) > _CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        return list(hits[:k])
 
-    def _rank(self, prepared: str) -> tuple[FaqHit, ...]:
+    async def asearch(self, query: str, k: int = 3) -> list[FaqHit]:
+        """``search`` that keeps the event loop free while the re-ranker reads (it runs in a thread); without
+        a re-ranker, or for a question already looked up, the same as ``search``."""
+        if self.reranking is None:
+            return self.search(query, k)
+        with self._cache_lock:
+            cached = query.strip() in self._cache
+        return self.search(query, k) if cached else await asyncio.to_thread(self.search, query, k)
+
+    def _rank(self, query: str) -> tuple[tuple[FaqHit, ...], bool]:
+        """The hits, and whether they are the full answer (False: the re-ranker failed, the lexical ranking
+        stands in and is not cached, so the model is asked again next time)."""
+        prepared = self.analyzer.prepare(query)
         if not prepared.strip():
-            return ()
+            return (), True
         clauses = self.analyzer.clauses(prepared)
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             scores = self._score([prepared, *clauses])
@@ -145,8 +186,19 @@ class FaqIndex:
         if clauses:
             best = np.maximum(best, _CLAUSE_WEIGHT * scores[1:].max(axis=0))
         best = self._rerank(prepared, best)
+        complete = True
+        if self.reranking is not None:
+            try:
+                best = self.reranking.apply(query, self.entries, best)
+            except Exception as exc:
+                complete = False
+                now = time.monotonic()
+                if now - self._warned_at >= _WARN_EVERY_S:
+                    self._warned_at = now
+                    log.warning("FAQ re-ranker failed (%s); matching lexically until it answers again",
+                                type(exc).__name__)
         order = np.argsort(-best, kind="stable")[:_MAX_HITS]
-        return tuple(FaqHit(self.entries[i], float(best[i])) for i in order if best[i] > 0)
+        return tuple(FaqHit(self.entries[i], float(best[i])) for i in order if best[i] > 0), complete
 
     def _score(self, texts: Sequence[str]) -> np.ndarray:
         phrasing = self._phrasings.scores(texts)

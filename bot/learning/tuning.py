@@ -227,6 +227,7 @@ def cmd_eval(args: argparse.Namespace, load: Loader) -> int:
 
 def _faq_hit(cfg: Config) -> Callable[[str], bool]:
     from bot.faq import FaqIndex
+    from bot.faq.rerank import open_reranking
 
-    index = FaqIndex.from_config(cfg.faq, cfg.resolve_path)
+    index = FaqIndex.from_config(cfg.faq, cfg.resolve_path, reranking=open_reranking(cfg.faq, cfg.resolve_path))
     return lambda query: index.best(query) is not None
