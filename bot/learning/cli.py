@@ -1,7 +1,8 @@
 """``python -m bot data clean IN OUT``: training records cleaned, with what was dropped and why;
 ``python -m bot data export OUT``: archived conversations (bot/archive/) as cleaned training records;
 ``python -m bot data label-export|label-import``: intent labelling in Label Studio (``labelstudio.py``);
-``python -m bot train`` / ``python -m bot eval``: LoRA fine-tuning and held-out evaluation (``tuning.py``)."""
+``python -m bot train`` / ``python -m bot eval``: LoRA fine-tuning and held-out evaluation (``tuning.py``);
+``python -m bot train-reranker``: the FAQ's cross-encoder fine-tuned on the FAQ's phrasings (``rerank.py``)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ def add_commands(sub: argparse._SubParsersAction, load: Loader) -> list[argparse
     clean.set_defaults(func=lambda args: cmd_clean(args, load))
     export = _export_parser(verbs, load)
     from bot.learning.labelstudio import add_verbs as add_label_verbs
+    from bot.learning.rerank import add_command as add_train_reranker
     from bot.learning.tuning import add_train_eval
 
-    return [data, clean, export, *add_label_verbs(verbs, load), *add_train_eval(sub, load)]
+    return [data, clean, export, *add_label_verbs(verbs, load), *add_train_eval(sub, load),
+            add_train_reranker(sub, load)]
 
 
 def _export_parser(verbs: argparse._SubParsersAction, load: Loader) -> argparse.ArgumentParser:
