@@ -166,12 +166,15 @@ class FaqIndex:
 
     async def asearch(self, query: str, k: int = 3) -> list[FaqHit]:
         """``search`` that keeps the event loop free while the re-ranker reads (it runs in a thread); without
-        a re-ranker, or for a question already looked up, the same as ``search``."""
+        a re-ranker, or for a question already looked up, the same as ``search``. The model runs on the
+        re-ranker's own thread (bot/faq/rerank.py), one question after another."""
         if self.reranking is None:
             return self.search(query, k)
         with self._cache_lock:
             cached = query.strip() in self._cache
-        return self.search(query, k) if cached else await asyncio.to_thread(self.search, query, k)
+        if cached:
+            return self.search(query, k)
+        return await asyncio.get_running_loop().run_in_executor(self.reranking.executor, self.search, query, k)
 
     def _rank(self, query: str) -> tuple[tuple[FaqHit, ...], bool]:
         """The hits, and whether they are the full answer (False: the re-ranker failed, the lexical ranking

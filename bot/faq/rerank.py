@@ -11,7 +11,8 @@ phrasing stays that entry's, and the thresholds keep their meaning. Only the ble
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,11 +34,19 @@ def passage(entry: FaqEntry) -> str:
     return f"{entry.question}\n{entry.answer[:ANSWER_CHARS]}"
 
 
+def _one_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="faq-rerank")
+
+
 @dataclass(frozen=True)
 class Reranking:
     scorer: Scorer
     weight: float = 0.7
     top_k: int = 10
+    # The model reads one question at a time (engine/rerank.py holds a lock): turns queue here, in order, instead of
+    # each taking a thread of the loop's default pool to wait on that lock. Shared by every index built with this
+    # re-ranking (FAQ curation rebuilds the index; the model and its thread stay).
+    executor: ThreadPoolExecutor = field(default_factory=_one_thread, compare=False, repr=False)
 
     def apply(self, query: str, entries: Sequence[FaqEntry], lexical: np.ndarray) -> np.ndarray:
         """Scores of every entry: the top ``top_k`` lexical candidates blended with the model's score, the rest
