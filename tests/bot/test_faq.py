@@ -53,27 +53,39 @@ def test_easy_paraphrases_stay_above_95_percent(index: FaqIndex) -> None:
 
 
 def test_hard_dev_set_as_measured(index: FaqIndex) -> None:
-    """Where the lexical retriever stands on the dev set (75.7% top-1, 95.5% top-3, 90% refused when this was
-    written): a change that loses ground fails here."""
+    """Where the lexical retriever stands on the dev set (85.1% top-1, 98.5% top-3, 97.5% refused since the FAQ
+    got 16-20 paraphrases an entry, written without the evaluation sets; 75.7%, 95.5%, 90% before): a change
+    that loses ground fails here."""
     result = index.evaluate(load_eval_cases(HARD))
     assert result.total >= 250 and result.unknown_total >= 30
-    assert result.accuracy >= 0.74, result.confusions
-    assert result.top3_accuracy >= 0.94
-    assert result.refusal_rate >= 0.90, result.accepted
+    assert result.accuracy >= 0.83, result.confusions
+    assert result.top3_accuracy >= 0.97
+    assert result.refusal_rate >= 0.95, result.accepted
     assert set(result.per_style) >= {"colloquial", "typo", "pinyin", "long", "emotional", "mixed", "confusable"}
 
 
-def test_held_out_hard_set_as_measured_once(index: FaqIndex) -> None:
-    """Measured once when the retriever was finished (67.6% top-1, 94.3% top-3, 80% refused; the retriever
-    before it: 50.6%, 90.9%, 76.7%). A guard, not a target: the gap to the dev set is the honest figure."""
+def test_held_out_hard_set_as_measured(index: FaqIndex) -> None:
+    """Measured when the retriever was finished (67.6% top-1, 94.3% top-3, 80% refused; the retriever before it:
+    50.6%, 90.9%, 76.7%) and once after the FAQ's paraphrases were densified (79.0%, 97.2%, 83.3%). A guard,
+    not a target: the gap to the dev set is the honest figure. Figures only: never look at its misses."""
     result = index.evaluate(load_eval_cases(HOLDOUT))
     assert result.total >= 170 and result.unknown_total >= 30
-    assert result.accuracy >= 0.65
-    assert result.top3_accuracy >= 0.92
-    assert result.refusal_rate >= 0.75
+    assert result.accuracy >= 0.77
+    assert result.top3_accuracy >= 0.95
+    assert result.refusal_rate >= 0.80
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 target: 95% top-1 on the dev set; the lexical retriever is at ~76%")
+def test_fresh_held_out_set_as_measured(index: FaqIndex) -> None:
+    """The second held-out set (written blind from the answers only): 70.6% top-1, 92.5% top-3, 84.3% refused
+    before the densified paraphrases, 78.3%, 97.5%, 85.7% after. A guard: figures only, never its misses."""
+    result = index.evaluate(load_eval_cases(FRESH))
+    assert result.total >= 350 and result.unknown_total >= 60
+    assert result.accuracy >= 0.76
+    assert result.top3_accuracy >= 0.95
+    assert result.refusal_rate >= 0.82
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14 target: 95% top-1 on the dev set; the lexical retriever is at ~85%")
 def test_hard_dev_set_target(index: FaqIndex) -> None:
     assert index.evaluate(load_eval_cases(HARD)).accuracy >= 0.95
 
