@@ -197,8 +197,8 @@ class DialogueManager:
     async def handle(self, event: Event, state: DialogueState, stream: StreamFn) -> TurnResult:
         state = self._expire(state)
         text = (event.text or "").strip()
-        if text:  # the FAQ lookups below are synchronous: with a re-ranker the model reads off the loop, now
-            await self.faq.asearch(text)
+        if text and self.faq.reranking is not None:  # the lookups below are synchronous: the model reads now, off
+            await self.faq.asearch(text)  # the loop, and they hit the cache (without one there is nothing to warm)
         lang = event.lang or self._lang(text, state.lang)
         turn = _Turn(
             event=event,

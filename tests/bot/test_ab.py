@@ -166,6 +166,9 @@ class NoFaq:
     def search(self, _query: str, k: int = 3) -> list[Any]:
         return []
 
+    async def asearch(self, query: str, k: int = 3) -> list[Any]:
+        return self.search(query, k)
+
     def confident(self, _hits: Any) -> bool:
         return False
 
