@@ -45,7 +45,6 @@ _SOUND_WEIGHT = 0.20
 _ENTRY_WEIGHT = 0.80
 _CLAUSE_WEIGHT = 0.92
 _MAX_HITS = 10
-_NEAR_EXACT = NEAR_EXACT  # a best phrasing this close is the same question reworded by a character or two
 _OTHER_LANGUAGE = 0.8  # a Chinese message answered by an English entry (or the reverse) only when clearly better
 DEFAULT_SYNONYMS = "synonyms.yaml"  # looked up beside the FAQ file
 DEFAULT_FLOOR = 0.20  # the defaults of bot.config.FaqConfig, for callers that build an index without a config
@@ -210,7 +209,7 @@ class FaqIndex:
             best[:, i] = phrasing[:, owner].max(axis=1)
         blend = (1 - _ENTRY_WEIGHT) * best + _ENTRY_WEIGHT * self._documents.scores(texts)
         # a message worded (almost) as one phrasing is that question: it scores as such, above dialogue.faq_strong
-        return np.where(best >= _NEAR_EXACT, np.maximum(blend, best), blend)
+        return np.where(best >= NEAR_EXACT, np.maximum(blend, best), blend)
 
     def _rerank(self, prepared: str, scores: np.ndarray) -> np.ndarray:
         query_kinds = head.kinds(prepared)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 Scorer = Callable[[str, Sequence[str]], Sequence[float]]  # (question, passages) -> relevance in [0, 1] each
 ANSWER_CHARS = 160  # of the answer read with the question: enough to say what the entry is about
-NEAR_EXACT = 0.9  # bot/faq/index.py's: a message worded as one phrasing is that question, whatever the model says
+NEAR_EXACT = 0.9  # a best phrasing this close is the question reworded (index.py too): kept whatever the model says
 
 
 def passage(entry: FaqEntry) -> str:

@@ -73,16 +73,6 @@ def rank_accuracy(score: ScoreFn, cases: Sequence[RankCase]) -> float:
     return hits / len(cases)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda but CUDA is not available")
-    return name
-
-
 def train(base: Path, pairs: Sequence[Pair], out: Path, params: RerankParams = RerankParams(), *,
           device: str = "auto", progress: bool = True, threads: int = 0) -> dict[str, Any]:
     """Fine-tune ``base`` on ``pairs`` and save the model to ``out``; returns the training figures (losses).
@@ -98,7 +88,9 @@ def train(base: Path, pairs: Sequence[Pair], out: Path, params: RerankParams = R
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
-    dev = _device(device)
+    from engine.hf import resolve_device
+
+    dev = resolve_device(device).type  # auto: CUDA when there is one; cuda without it is an EngineError
     if threads and dev == "cpu":
         import torch
 
@@ -136,7 +128,7 @@ def scorer(path: Path, *, device: str = "auto", max_length: int = 128) -> ScoreF
     from engine.config import RerankerConfig
     from engine.rerank import CrossEncoder
 
-    return CrossEncoder(RerankerConfig(path=str(path), device=_device(device), max_length=max_length)).scores
+    return CrossEncoder(RerankerConfig(path=str(path), device=device, max_length=max_length)).scores
 
 
 def write_card(out: Path, card: dict[str, Any]) -> Path:
